@@ -1,0 +1,1 @@
+//! Simulated transformers and smart meters for gridwatch's demo and tests.

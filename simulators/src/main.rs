@@ -1,0 +1,2 @@
+//! `gridwatch-sim`: run the simulators from the command line.
+fn main() {}

@@ -1,0 +1,3 @@
+//! Configuration: typed structs, loading from TOML plus environment, and validation.
+
+pub mod profile;

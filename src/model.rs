@@ -1,0 +1,148 @@
+//! The values that flow through the daemon: devices, readings and their quality.
+//!
+//! A source produces [`Reading`]s; the pipeline hands the same `Arc`-shared reading to every
+//! consumer. Device metadata and field schemas are built once (at start-up, or when an MQTT
+//! device is first seen) and shared by pointer, so the hot path never copies strings.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::sinks::lineproto;
+
+/// Nanoseconds since the Unix epoch (UTC).
+pub type Timestamp = i64;
+
+/// Index of a field in a reading's [`Schema`].
+pub type FieldId = u16;
+
+/// The current wall-clock time in nanoseconds since the epoch.
+pub fn now_ns() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// What a device is and where it stands in the network; fixed while the daemon runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceInfo {
+    /// Unique device id, e.g. `TX-0701`.
+    pub id: String,
+    /// Device kind (`transformer`, `meter`, ...); also the line-protocol measurement.
+    pub kind: String,
+    /// Site (substation) name.
+    pub site: String,
+    /// Feeder the device hangs on.
+    pub feeder: String,
+    /// Parent device (a meter's transformer), if known.
+    pub parent: Option<String>,
+    /// Free-text location for field crews (street, pole number, GPS).
+    pub location: Option<String>,
+    /// Rated apparent power in kVA (transformers).
+    pub rated_kva: Option<f64>,
+    /// Nominal phase-to-neutral voltage in V.
+    pub nominal_voltage: Option<f64>,
+    /// Customers supplied through this device (meters; default 1).
+    pub customers: u32,
+    /// Poll or expected reporting interval in nanoseconds (drives stale detection).
+    pub interval_ns: i64,
+    /// Pre-escaped line-protocol series key: `measurement,device=..,feeder=..,kind=..,site=..`.
+    #[serde(skip)]
+    pub lp_series: String,
+}
+
+impl DeviceInfo {
+    /// Recomputes the cached line-protocol series key after the identity fields were set.
+    pub fn finish(mut self) -> Self {
+        self.lp_series = lineproto::series_key(
+            &self.kind,
+            &[
+                ("device", &self.id),
+                ("feeder", &self.feeder),
+                ("kind", &self.kind),
+                ("site", &self.site),
+            ],
+        );
+        self
+    }
+}
+
+/// One field of a schema: its name and unit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldDef {
+    /// Field name as written to the store.
+    pub name: String,
+    /// Engineering unit, if known.
+    pub unit: Option<String>,
+    /// Pre-escaped line-protocol field key.
+    #[serde(skip)]
+    pub lp_key: String,
+}
+
+impl FieldDef {
+    /// A field with its line-protocol key precomputed.
+    pub fn new(name: impl Into<String>, unit: Option<String>) -> Self {
+        let name = name.into();
+        let lp_key = lineproto::escape_key(&name);
+        FieldDef { name, unit, lp_key }
+    }
+}
+
+/// The list of fields a device (or a profile) can report; readings refer to fields by index.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Schema {
+    /// Fields, indexed by [`FieldId`].
+    pub fields: Vec<FieldDef>,
+}
+
+impl Schema {
+    /// Looks a field up by name.
+    pub fn id_of(&self, name: &str) -> Option<FieldId> {
+        self.fields
+            .iter()
+            .position(|f| f.name == name)
+            .and_then(|i| FieldId::try_from(i).ok())
+    }
+
+    /// The name of field `id` (empty if out of range).
+    pub fn name(&self, id: FieldId) -> &str {
+        self.fields
+            .get(usize::from(id))
+            .map(|f| f.name.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// How much of a reading can be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    /// Every field the device should report is present.
+    Good,
+    /// Some reads of the poll failed; the fields present are good.
+    Partial,
+}
+
+/// One poll response or one message: a set of field values taken at one instant.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// The device the values belong to.
+    pub device: Arc<DeviceInfo>,
+    /// When the response arrived (ns since epoch), or the timestamp the device sent.
+    pub ts: Timestamp,
+    /// Names of the fields `values` refers to.
+    pub schema: Arc<Schema>,
+    /// Field values by id; non-finite values never get here.
+    pub values: Vec<(FieldId, f64)>,
+    /// Whether the poll was complete.
+    pub quality: Quality,
+}
+
+impl Reading {
+    /// The value of a field by name, if the reading has it.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        let id = self.schema.id_of(name)?;
+        self.values.iter().find(|(f, _)| *f == id).map(|(_, v)| *v)
+    }
+}

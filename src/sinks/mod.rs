@@ -1,0 +1,3 @@
+//! Outputs for telemetry: InfluxDB-compatible stores and line-protocol files.
+
+pub mod lineproto;

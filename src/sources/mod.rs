@@ -1,0 +1,3 @@
+//! Inputs: each source turns a protocol into [`crate::model::Reading`]s.
+
+pub mod modbus;
