@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# Test services for gridwatch: two mosquitto brokers, VictoriaMetrics and InfluxDB 1.x,
+# each on a free 127.0.0.1 port with its own directory under one temp root. Never the
+# system services.
+#
+# As a command (for a developer):
+#   eval "$(scripts/services.sh up)"      # start; prints `export ...` lines (also in $ROOT/env)
+#   scripts/services.sh down [ROOT]       # stop everything and delete ROOT
+#                                         #   (default ROOT: $GRIDWATCH_SERVICES_ROOT)
+#   scripts/services.sh logs [ROOT]       # tail of every service log
+#   scripts/services.sh stop-mosquitto    # stop the anonymous broker ($GRIDWATCH_TEST_MOSQUITTO_CONF)
+#   scripts/services.sh start-mosquitto   # start it again on the same port, wait until ready
+#   scripts/services.sh restart-mosquitto # both
+# As a library: `source scripts/services.sh` (from scripts/test.sh), then gw_up / gw_down.
+#
+# Layout of ROOT (one `mktemp -d`):
+#   env                          the export lines
+#   mosquitto/{mosquitto.conf,mosquitto.pid,mosquitto.log}
+#   mosquitto-auth/{mosquitto.conf,passwd,mosquitto.pid,mosquitto.log}
+#   vm/{data/,victoria-metrics.pid,victoria-metrics.log}
+#   influxdb/{influxdb.conf,meta/,data/,wal/,influxd.pid,influxd.log}
+
+GW_READY_TIMEOUT="${GW_READY_TIMEOUT:-30}"
+GW_USED_PORTS=" "
+
+gw_log() { echo "services: $*" >&2; }
+
+# True when something accepts connections on 127.0.0.1:$1.
+gw_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# gw_pick_port VAR — set VAR to a port nothing listens on that this run has not handed out
+# yet (not via $(...): the subshell would lose GW_USED_PORTS). There is a window between
+# this check and the bind; gw_start_service retries with new ports if it loses it.
+gw_pick_port() {
+    local p i
+    for i in $(seq 1 200); do
+        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        [[ "$GW_USED_PORTS" == *" $p "* ]] && continue
+        gw_port_open "$p" && continue
+        GW_USED_PORTS+="$p "
+        printf -v "$1" '%s' "$p"
+        return 0
+    done
+    gw_log "no free port found"
+    return 1
+}
+
+# Alive = exists and is not a zombie (a killed child of a shell that has not reaped it yet).
+gw_pid_alive() {
+    local pid="$1" state
+    kill -0 "$pid" 2>/dev/null || return 1
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo X)
+    [[ "$state" != Z && "$state" != X ]]
+}
+
+# gw_spawn PIDFILE LOGFILE CMD... — start CMD in the background, detached from this shell
+# (double fork: it outlives `services.sh up` and a test that ran `start-mosquitto`), with
+# stdin from /dev/null and stdout/stderr appended to LOGFILE (so no caller waits on a pipe).
+gw_spawn() {
+    local pidfile="$1" logfile="$2"
+    shift 2
+    ( "$@" >>"$logfile" 2>&1 </dev/null & echo $! >"$pidfile" )
+}
+
+# gw_stop_pidfile PIDFILE — SIGTERM, wait up to 10 s, then SIGKILL.
+gw_stop_pidfile() {
+    local pidfile="$1" pid i
+    [[ -f "$pidfile" ]] || return 0
+    pid=$(cat "$pidfile")
+    if [[ -n "$pid" ]] && gw_pid_alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 100); do
+            gw_pid_alive "$pid" || break
+            sleep 0.1
+        done
+        if gw_pid_alive "$pid"; then
+            gw_log "pid $pid ($pidfile) ignored SIGTERM for 10 s, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$pidfile"
+}
+
+gw_tail() {
+    local f="$1" n="${2:-40}"
+    [[ -f "$f" ]] || return 0
+    echo "----- last $n lines of $f -----" >&2
+    tail -n "$n" "$f" >&2 || true
+}
+
+# gw_wait_ready NAME PIDFILE LOGFILE CHECK... — poll CHECK until it succeeds. Returns 1
+# at once if the process died, 2 after $GW_READY_TIMEOUT seconds.
+gw_wait_ready() {
+    local name="$1" pidfile="$2" logfile="$3"
+    shift 3
+    local deadline=$((SECONDS + GW_READY_TIMEOUT)) pid
+    pid=$(cat "$pidfile")
+    while true; do
+        if ! gw_pid_alive "$pid"; then
+            gw_log "$name (pid $pid) exited during startup"
+            gw_tail "$logfile"
+            return 1
+        fi
+        if "$@" 2>/dev/null; then
+            # A check can be answered by someone else on the port: make sure ours is still up.
+            sleep 0.1
+            gw_pid_alive "$pid" && return 0
+            continue
+        fi
+        if ((SECONDS >= deadline)); then
+            gw_log "$name (pid $pid) not ready after ${GW_READY_TIMEOUT}s"
+            gw_tail "$logfile"
+            return 2
+        fi
+        sleep 0.2
+    done
+}
+
+gw_http_ok() { curl -fsS -o /dev/null --max-time 2 "$1"; }
+gw_http_204() { [[ "$(curl -sS -o /dev/null -w '%{http_code}' --max-time 2 "$1")" == 204 ]]; }
+gw_mosquitto_ready() { gw_port_open "$1" && grep -q "running" "$2"; }
+
+# ---------------------------------------------------------------- mosquitto
+# gw_write_mosquitto_conf DIR PORT [PASSWORD_FILE]
+gw_write_mosquitto_conf() {
+    local dir="$1" port="$2" passwd="${3:-}"
+    {
+        echo "# generated by scripts/services.sh"
+        echo "listener $port 127.0.0.1"
+        if [[ -n "$passwd" ]]; then
+            echo "allow_anonymous false"
+            echo "password_file $passwd"
+        else
+            echo "allow_anonymous true"
+        fi
+        echo "persistence false"
+        # mosquitto 2 started as root drops to user `mosquitto`, which cannot read a
+        # root-owned 0700 temp dir; stay the invoking user.
+        echo "user $(id -un)"
+        echo "log_dest stderr" # unbuffered, unlike stdout to a file
+        echo "log_type error"
+        echo "log_type warning"
+        echo "log_type notice"
+        echo "log_type information"
+        echo "connection_messages true"
+        echo "log_timestamp_format %Y-%m-%dT%H:%M:%S"
+    } >"$dir/mosquitto.conf"
+}
+
+gw_mosquitto_bin() { command -v mosquitto || echo /usr/sbin/mosquitto; }
+
+# gw_start_mosquitto_conf CONF — start (or restart after a stop) the broker of CONF on the
+# port written in it; pid file and log live next to CONF.
+gw_start_mosquitto_conf() {
+    local conf="$1" dir port
+    dir=$(dirname "$conf")
+    port=$(awk '$1 == "listener" {print $2; exit}' "$conf")
+    echo "=== start $(date -u +%FT%TZ) ===" >>"$dir/mosquitto.log"
+    # Only lines written after this point count as "running" for this start.
+    local mark
+    mark=$(wc -l <"$dir/mosquitto.log")
+    gw_spawn "$dir/mosquitto.pid" "$dir/mosquitto.log" "$(gw_mosquitto_bin)" -c "$conf"
+    gw_wait_ready "mosquitto ($conf)" "$dir/mosquitto.pid" "$dir/mosquitto.log" \
+        gw_mosquitto_ready_since "$port" "$dir/mosquitto.log" "$mark"
+}
+gw_mosquitto_ready_since() {
+    gw_port_open "$1" && tail -n +"$(($3 + 1))" "$2" | grep -q "running"
+}
+
+gw_stop_mosquitto_conf() { gw_stop_pidfile "$(dirname "$1")/mosquitto.pid"; }
+
+# gw_start_service NAME START_FN — START_FN picks its ports and starts; retried with new
+# ports when the service dies during startup (typically a port taken in the meantime).
+gw_start_service() {
+    local name="$1" fn="$2" attempt rc
+    for attempt in 1 2 3; do
+        rc=0
+        "$fn" || rc=$?
+        [[ $rc == 0 ]] && return 0
+        [[ $rc == 2 ]] && break # alive but not answering: a new port will not help
+        gw_log "$name: attempt $attempt failed, retrying on other ports"
+    done
+    gw_log "ERROR: $name did not start"
+    return 1
+}
+
+gw_up_mosquitto() {
+    local dir="$GW_ROOT/mosquitto"
+    mkdir -p "$dir"
+    gw_pick_port GW_MQTT_PORT
+    gw_write_mosquitto_conf "$dir" "$GW_MQTT_PORT"
+    gw_start_mosquitto_conf "$dir/mosquitto.conf"
+}
+
+gw_up_mosquitto_auth() {
+    local dir="$GW_ROOT/mosquitto-auth"
+    mkdir -p "$dir"
+    rm -f "$dir/passwd"
+    mosquitto_passwd -b -c "$dir/passwd" gridwatch s3cret
+    gw_pick_port GW_MQTT_AUTH_PORT
+    gw_write_mosquitto_conf "$dir" "$GW_MQTT_AUTH_PORT" "$dir/passwd"
+    gw_start_mosquitto_conf "$dir/mosquitto.conf"
+}
+
+# ---------------------------------------------------------------- VictoriaMetrics
+gw_up_vm() {
+    local dir="$GW_ROOT/vm"
+    mkdir -p "$dir/data"
+    gw_pick_port GW_VM_PORT
+    # -search.latencyOffset=0s: points are queryable right after /internal/force_flush
+    #   (default: hidden for 30 s). -search.disableCache: no stale query_range results
+    #   between writes in one test. -retentionPeriod=100y: tests may write old timestamps.
+    gw_spawn "$dir/victoria-metrics.pid" "$dir/victoria-metrics.log" \
+        /usr/bin/victoria-metrics \
+        -httpListenAddr="127.0.0.1:$GW_VM_PORT" \
+        -storageDataPath="$dir/data" \
+        -retentionPeriod=100y \
+        -search.latencyOffset=0s \
+        -search.disableCache \
+        -memory.allowedPercent=20
+    gw_wait_ready victoria-metrics "$dir/victoria-metrics.pid" "$dir/victoria-metrics.log" \
+        gw_http_ok "http://127.0.0.1:$GW_VM_PORT/health"
+}
+
+# ---------------------------------------------------------------- InfluxDB 1.x
+gw_up_influx1() {
+    local dir="$GW_ROOT/influxdb"
+    mkdir -p "$dir/meta" "$dir/data" "$dir/wal"
+    gw_pick_port GW_INFLUX1_PORT
+    gw_pick_port GW_INFLUX1_RPC_PORT
+    # `influxd config` merges /etc/influxdb/influxdb.conf when present; every path and
+    # listener that matters is rewritten below, so the result does not depend on it.
+    influxd config 2>/dev/null |
+        awk -v dir="$dir" -v http="127.0.0.1:$GW_INFLUX1_PORT" -v rpc="127.0.0.1:$GW_INFLUX1_RPC_PORT" '
+            /^\[/ { section = $0 }
+            /^[ \t]*reporting-(enabled|disabled)[ \t]*=/ { next }
+            section == "" && /^[ \t]*bind-address[ \t]*=/ { print "bind-address = \"" rpc "\""; next }
+            section == "[http]" && /^[ \t]*bind-address[ \t]*=/ { print "  bind-address = \"" http "\""; next }
+            section == "[meta]" && /^[ \t]*dir[ \t]*=/ { print "  dir = \"" dir "/meta\""; next }
+            section == "[data]" && /^[ \t]*dir[ \t]*=/ { print "  dir = \"" dir "/data\""; next }
+            section == "[data]" && /^[ \t]*wal-dir[ \t]*=/ { print "  wal-dir = \"" dir "/wal\""; next }
+            section == "[monitor]" && /^[ \t]*store-enabled[ \t]*=/ { print "  store-enabled = false"; next }
+            { print }
+        ' >"$dir/influxdb.conf.body"
+    # Debian 1.6.7 prints `reporting-enabled`; upstream 1.x spells it `reporting-disabled`.
+    # Keep whichever this build knows, set so that nothing phones home.
+    if influxd config 2>/dev/null | grep -q '^reporting-enabled'; then
+        echo 'reporting-enabled = false' >"$dir/influxdb.conf"
+    else
+        echo 'reporting-disabled = true' >"$dir/influxdb.conf"
+    fi
+    cat "$dir/influxdb.conf.body" >>"$dir/influxdb.conf"
+    rm -f "$dir/influxdb.conf.body"
+    grep -q "$dir/wal" "$dir/influxdb.conf" || { gw_log "influxdb config rewrite failed"; return 2; }
+    grep -q "$GW_INFLUX1_PORT" "$dir/influxdb.conf" || { gw_log "influxdb http bind rewrite failed"; return 2; }
+    gw_spawn "$dir/influxd.pid" "$dir/influxd.log" influxd -config "$dir/influxdb.conf"
+    gw_wait_ready influxdb "$dir/influxd.pid" "$dir/influxd.log" \
+        gw_http_204 "http://127.0.0.1:$GW_INFLUX1_PORT/ping"
+}
+
+# ---------------------------------------------------------------- all
+gw_env_lines() {
+    cat <<ENV
+export GRIDWATCH_SERVICES_ROOT='$GW_ROOT'
+export GRIDWATCH_TEST_MQTT='127.0.0.1:$GW_MQTT_PORT'
+export GRIDWATCH_TEST_MQTT_AUTH='127.0.0.1:$GW_MQTT_AUTH_PORT'
+export GRIDWATCH_TEST_MQTT_USER='gridwatch'
+export GRIDWATCH_TEST_MQTT_PASS='s3cret'
+export GRIDWATCH_TEST_MOSQUITTO_CONF='$GW_ROOT/mosquitto/mosquitto.conf'
+export GRIDWATCH_TEST_MOSQUITTO_PID_FILE='$GW_ROOT/mosquitto/mosquitto.pid'
+export GRIDWATCH_TEST_VM_URL='http://127.0.0.1:$GW_VM_PORT'
+export GRIDWATCH_TEST_INFLUX1_URL='http://127.0.0.1:$GW_INFLUX1_PORT'
+export CHROME='$(command -v chromium || echo /usr/bin/chromium)'
+export CHROMEDRIVER='$(command -v chromedriver || echo /usr/bin/chromedriver)'
+ENV
+}
+
+# Starts everything under a new temp root, exports the variables into this shell and
+# writes them to $GW_ROOT/env. On failure stops what did start and returns 1.
+gw_up() {
+    GW_ROOT=$(mktemp -d "${TMPDIR:-/tmp}/gridwatch-services.XXXXXX")
+    export GRIDWATCH_SERVICES_ROOT="$GW_ROOT"
+    local started=$SECONDS
+    if ! { gw_start_service mosquitto gw_up_mosquitto &&
+        gw_start_service mosquitto-auth gw_up_mosquitto_auth &&
+        gw_start_service victoria-metrics gw_up_vm &&
+        gw_start_service influxdb gw_up_influx1; }; then
+        gw_down "$GW_ROOT"
+        return 1
+    fi
+    gw_env_lines >"$GW_ROOT/env"
+    # shellcheck disable=SC1091
+    source "$GW_ROOT/env"
+    gw_log "all services up in $((SECONDS - started))s under $GW_ROOT"
+}
+
+gw_logs() {
+    local root="${1:-${GRIDWATCH_SERVICES_ROOT:-}}" f
+    [[ -n "$root" && -d "$root" ]] || return 0
+    for f in "$root"/*/*.log; do
+        [[ -f "$f" ]] && gw_tail "$f" "${GW_LOG_LINES:-40}"
+    done
+}
+
+gw_down() {
+    local root="${1:-${GRIDWATCH_SERVICES_ROOT:-}}" f
+    if [[ -z "$root" || ! -d "$root" ]]; then
+        gw_log "down: no services root (pass it or set GRIDWATCH_SERVICES_ROOT)"
+        return 0
+    fi
+    for f in "$root"/*/*.pid; do
+        [[ -f "$f" ]] && gw_stop_pidfile "$f"
+    done
+    if [[ -n "${GRIDWATCH_KEEP_SERVICES_ROOT:-}" ]]; then
+        gw_log "kept $root (GRIDWATCH_KEEP_SERVICES_ROOT is set)"
+    else
+        rm -rf "$root"
+    fi
+}
+
+gw_mosquitto_conf_arg() {
+    local conf="${1:-${GRIDWATCH_TEST_MOSQUITTO_CONF:-}}"
+    if [[ -z "$conf" || ! -f "$conf" ]]; then
+        gw_log "no mosquitto config: pass it or set GRIDWATCH_TEST_MOSQUITTO_CONF"
+        return 1
+    fi
+    echo "$conf"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    set -euo pipefail
+    cmd="${1:-}"
+    shift || true
+    case "$cmd" in
+    up)
+        gw_up >&2
+        cat "$GW_ROOT/env"
+        ;;
+    down) gw_down "$@" ;;
+    logs) gw_logs "$@" ;;
+    stop-mosquitto) gw_stop_mosquitto_conf "$(gw_mosquitto_conf_arg "$@")" ;;
+    start-mosquitto) gw_start_mosquitto_conf "$(gw_mosquitto_conf_arg "$@")" ;;
+    restart-mosquitto)
+        conf=$(gw_mosquitto_conf_arg "$@")
+        gw_stop_mosquitto_conf "$conf"
+        gw_start_mosquitto_conf "$conf"
+        ;;
+    *)
+        sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+        exit 64
+        ;;
+    esac
+fi
