@@ -298,7 +298,7 @@ gw_logs() {
     local root="${1:-${GRIDWATCH_SERVICES_ROOT:-}}" f
     [[ -n "$root" && -d "$root" ]] || return 0
     for f in "$root"/*/*.log; do
-        [[ -f "$f" ]] && gw_tail "$f" "${GW_LOG_LINES:-40}"
+        if [[ -f "$f" ]]; then gw_tail "$f" "${GW_LOG_LINES:-40}"; fi
     done
 }
 
@@ -309,7 +309,7 @@ gw_down() {
         return 0
     fi
     for f in "$root"/*/*.pid; do
-        [[ -f "$f" ]] && gw_stop_pidfile "$f"
+        if [[ -f "$f" ]]; then gw_stop_pidfile "$f"; fi
     done
     if [[ -n "${GRIDWATCH_KEEP_SERVICES_ROOT:-}" ]]; then
         gw_log "kept $root (GRIDWATCH_KEEP_SERVICES_ROOT is set)"

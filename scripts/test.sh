@@ -84,7 +84,7 @@ install_packages() {
                 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
                 "${missing[@]}"
     } </dev/null || rc=$?
-    [[ $added_policy == 1 ]] && "${sudo[@]}" rm -f "$policy"
+    if [[ $added_policy == 1 ]]; then "${sudo[@]}" rm -f "$policy"; fi
     if [[ $rc -ne 0 ]]; then
         echo "apt-get failed ($rc) installing: ${missing[*]}" >&2
         return "$rc"
@@ -108,7 +108,8 @@ STATUS=0
 SERVICES_UP=0
 cleanup() {
     local rc=$?
-    [[ $STATUS -eq 0 ]] && STATUS=$rc
+    set +e # clean up as much as possible, whatever fails here
+    if [[ $STATUS -eq 0 ]]; then STATUS=$rc; fi
     if [[ $SERVICES_UP == 1 ]]; then
         if [[ $STATUS -ne 0 ]]; then
             echo "=== service logs (tests failed with status $STATUS)" >&2
