@@ -7,15 +7,15 @@
 //! independent implementation of the profile contract, so end-to-end tests comparing the
 //! two catch bugs that a shared codec would hide.
 
-pub mod model;
 pub mod modbus;
+pub mod model;
 pub mod profile;
 pub mod scenario;
 
 use std::net::SocketAddr;
 
-pub use model::{Fault, FleetParams, Phase, UnitInfo, UnitKind, generate};
 pub use modbus::{ModbusSimConfig, ModbusSimHandle, Served, start_modbus};
+pub use model::{Fault, FleetParams, Phase, UnitInfo, UnitKind, generate};
 pub use profile::{Profile, builtin_profiles};
 
 /// Errors from starting a simulator.

@@ -12,7 +12,11 @@ use gridwatch_sim::{Fault, ModbusSimConfig, builtin_profiles, scenario::Scenario
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "gridwatch-sim", version, about = "Transformer and smart-meter simulators")]
+#[command(
+    name = "gridwatch-sim",
+    version,
+    about = "Transformer and smart-meter simulators"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,7 +108,10 @@ async fn run_modbus(args: ModbusArgs) -> anyhow::Result<()> {
     }
 
     println!("gridwatch-sim modbus listening on {}", sim.local_addr());
-    println!("{:>4}  {:<11}  {:<19}  {:<9}  {:>6}", "unit", "kind", "profile", "device", "parent");
+    println!(
+        "{:>4}  {:<11}  {:<19}  {:<9}  {:>6}",
+        "unit", "kind", "profile", "device", "parent"
+    );
     for u in sim.units() {
         let parent = u.parent_unit.map(|p| p.to_string()).unwrap_or_default();
         println!(
@@ -143,7 +150,9 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         }
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     tracing::info!("stopping");
     Ok(())
 }

@@ -124,12 +124,12 @@ fn sunspec_fixed(unit: &UnitInfo) -> Vec<(u16, Vec<u16>)> {
     vec![
         (40000, vec![0x5375, 0x6E53]), // "SunS"
         (40002, vec![1, 65]),
-        (40004, text("gridwatch", 16)),      // Mn
-        (40020, text("SIM-203", 16)),        // Md
-        (40036, text("", 8)),                // Opt
+        (40004, text("gridwatch", 16)),              // Mn
+        (40020, text("SIM-203", 16)),                // Md
+        (40036, text("", 8)),                        // Opt
         (40044, text(env!("CARGO_PKG_VERSION"), 8)), // Vr
-        (40052, text(&unit.device_id, 16)),  // SN
-        (40068, vec![u16::from(unit.unit)]), // DA
+        (40052, text(&unit.device_id, 16)),          // SN
+        (40068, vec![u16::from(unit.unit)]),         // DA
         (40069, vec![203, 105]),
         (40176, vec![0xFFFF, 0]),
     ]

@@ -409,7 +409,10 @@ impl UnitModel {
             *vp = match net_fault {
                 Some(Fault::UnderVoltage) => vn * 0.85 * (1.0 + own),
                 Some(Fault::OverVoltage) => vn * 1.11 * (1.0 + own),
-                _ => vn * (1.0 + self.params.voltage_offset[p] + common + own - 0.008 * (k_load - 0.5)),
+                _ => {
+                    vn * (1.0 + self.params.voltage_offset[p] + common + own
+                        - 0.008 * (k_load - 0.5))
+                }
             };
         }
         let lost = match net_fault {
@@ -479,7 +482,10 @@ impl UnitModel {
             ),
             _ => {
                 let oil = ambient + self.state.oil_rise;
-                (oil, oil + WINDING_GRADIENT_K * k_load.powf(WINDING_EXPONENT))
+                (
+                    oil,
+                    oil + WINDING_GRADIENT_K * k_load.powf(WINDING_EXPONENT),
+                )
             }
         };
         if oil >= FAN_ON_C {
@@ -489,10 +495,18 @@ impl UnitModel {
         }
 
         let mut q = Quantities::default();
-        for (name, value) in [("voltage_a", v[0]), ("voltage_b", v[1]), ("voltage_c", v[2])] {
+        for (name, value) in [
+            ("voltage_a", v[0]),
+            ("voltage_b", v[1]),
+            ("voltage_c", v[2]),
+        ] {
             q.push(name, value);
         }
-        for (name, value) in [("current_a", i[0]), ("current_b", i[1]), ("current_c", i[2])] {
+        for (name, value) in [
+            ("current_a", i[0]),
+            ("current_b", i[1]),
+            ("current_c", i[2]),
+        ] {
             q.push(name, value);
         }
         q.push("current_n", neutral(i));
@@ -501,7 +515,11 @@ impl UnitModel {
         q.push("voltage_ab", line_voltage(v[0], v[1]));
         q.push("voltage_bc", line_voltage(v[1], v[2]));
         q.push("voltage_ca", line_voltage(v[2], v[0]));
-        for (name, value) in [("power_a", p_kw[0]), ("power_b", p_kw[1]), ("power_c", p_kw[2])] {
+        for (name, value) in [
+            ("power_a", p_kw[0]),
+            ("power_b", p_kw[1]),
+            ("power_c", p_kw[2]),
+        ] {
             q.push(name, value);
         }
         for (name, p) in [("pf_a", 0), ("pf_b", 1), ("pf_c", 2)] {
@@ -632,7 +650,12 @@ pub struct Sample {
 /// Evaluates every unit of `fleet` at `start_s`, `start_s + step_s`, ... (`steps` times)
 /// without a server, in time order then unit order. Faults set on the fleet before the call
 /// apply throughout.
-pub fn generate(fleet: Fleet, start_s: f64, step_s: f64, steps: usize) -> impl Iterator<Item = Sample> {
+pub fn generate(
+    fleet: Fleet,
+    start_s: f64,
+    step_s: f64,
+    steps: usize,
+) -> impl Iterator<Item = Sample> {
     let mut fleet = fleet;
     let ids: Vec<u8> = fleet.units.iter().map(|u| u.info.unit).collect();
     (0..steps).flat_map(move |n| {

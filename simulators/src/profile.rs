@@ -242,7 +242,9 @@ impl Profile {
             if let Some(sf) = &reg.scale_factor {
                 match self.register(sf) {
                     Some(r) if r.data_type == DataType::I16 && !r.table.is_bits() => {}
-                    Some(_) => return Err(self.invalid(reg, format!("scale factor {sf} is not i16"))),
+                    Some(_) => {
+                        return Err(self.invalid(reg, format!("scale factor {sf} is not i16")));
+                    }
                     None => return Err(self.invalid(reg, format!("unknown scale factor {sf}"))),
                 }
             }
@@ -358,7 +360,12 @@ pub fn encode(reg: &Register, value: f64, sf: i16) -> Result<Encoded, ProfileErr
         }
         DataType::I16 => {
             let r = int(f64::from(i16::MIN), f64::from(i16::MAX)) as i16;
-            (vec![r as u16], Some(i64::from(r)), decoded(f64::from(r)), false)
+            (
+                vec![r as u16],
+                Some(i64::from(r)),
+                decoded(f64::from(r)),
+                false,
+            )
         }
         DataType::U32 => {
             let r = int(0.0, f64::from(u32::MAX)) as u32;

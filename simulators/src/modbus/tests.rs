@@ -108,7 +108,11 @@ async fn serves_the_image_and_records_it() {
     ctx.set_slave(Slave(4));
     let w = ctx.read_holding_registers(40000, 4).await.unwrap().unwrap();
     assert_eq!(w, [0x5375, 0x6E53, 1, 65]);
-    let w = ctx.read_holding_registers(40069, 109).await.unwrap().unwrap();
+    let w = ctx
+        .read_holding_registers(40069, 109)
+        .await
+        .unwrap()
+        .unwrap();
     let s = sim.served().last().cloned().unwrap();
     assert_eq!((w[0], w[1]), (203, 105));
     assert_eq!((w[107], w[108]), (0xFFFF, 0));

@@ -1,7 +1,6 @@
 use super::*;
 use std::collections::HashMap;
 
-
 /// Monday 2026-11-23 00:00 UTC.
 const T0: f64 = 1_795_392_000.0;
 
@@ -46,8 +45,21 @@ fn layout_ids_profiles_and_parents() {
     assert_eq!(units[4].profile, "sunspec203");
     let parents: Vec<_> = units[3..].iter().map(|u| u.parent_unit).collect();
     assert_eq!(parents, [Some(1), Some(2), Some(3), Some(1), Some(2)]);
-    assert!(layout(&FleetParams { transformers: 200, meters: 48, ..FleetParams::default() }).is_err());
-    assert!(layout(&FleetParams { meter_profile: "dlms".into(), ..FleetParams::default() }).is_err());
+    assert!(
+        layout(&FleetParams {
+            transformers: 200,
+            meters: 48,
+            ..FleetParams::default()
+        })
+        .is_err()
+    );
+    assert!(
+        layout(&FleetParams {
+            meter_profile: "dlms".into(),
+            ..FleetParams::default()
+        })
+        .is_err()
+    );
 }
 
 #[test]
@@ -66,14 +78,22 @@ fn normal_week(seed: u64) {
     for s in generate(f, T0, 600.0, 7 * 144) {
         n += 1;
         let v = &s.values;
-        let va = [get(v, "voltage_a"), get(v, "voltage_b"), get(v, "voltage_c")];
+        let va = [
+            get(v, "voltage_a"),
+            get(v, "voltage_b"),
+            get(v, "voltage_c"),
+        ];
         for x in va {
             assert!((220.0..=240.0).contains(&x), "unit {} voltage {x}", s.unit);
         }
         let avg = va.iter().sum::<f64>() / 3.0;
         let dev = va.iter().map(|x| (x - avg).abs()).fold(0.0, f64::max) / avg;
         assert!(dev < 0.01, "voltage unbalance {dev}");
-        let ia = [get(v, "current_a"), get(v, "current_b"), get(v, "current_c")];
+        let ia = [
+            get(v, "current_a"),
+            get(v, "current_b"),
+            get(v, "current_c"),
+        ];
         let imax = ia.iter().copied().fold(0.0, f64::max);
         let imin = ia.iter().copied().fold(f64::INFINITY, f64::min);
         assert!((imax - imin) / imax < 0.15, "current unbalance");
@@ -140,7 +160,10 @@ fn oil_lags_load() {
     // τ = 180 min: ten minutes moves the oil only a few kelvin, six hours most of the way.
     assert!(o10 - start < 8.0, "{start} -> {o10}");
     let target = ambient + oil_rise_steady(1.4);
-    assert!(o6h > start + 20.0 && o6h < target + 2.0, "{start} -> {o6h}, target {target}");
+    assert!(
+        o6h > start + 20.0 && o6h < target + 2.0,
+        "{start} -> {o6h}, target {target}"
+    );
 }
 
 #[test]
@@ -216,7 +239,11 @@ fn deterministic_for_a_seed_and_time_going_back_does_not_rewind_counters() {
     let b: Vec<Sample> = generate(fleet(2, 2, "sunspec203"), T0, 60.0, 10).collect();
     assert_eq!(a, b);
     let mut f = fleet(1, 0, "sdm630");
-    let e1 = f.sample(1, T0 + 100.0).unwrap().get("energy_import").unwrap();
+    let e1 = f
+        .sample(1, T0 + 100.0)
+        .unwrap()
+        .get("energy_import")
+        .unwrap();
     let e0 = f.sample(1, T0).unwrap().get("energy_import").unwrap();
     assert_eq!(e0, e1);
 }
@@ -224,7 +251,10 @@ fn deterministic_for_a_seed_and_time_going_back_does_not_rewind_counters() {
 #[test]
 fn parses_fault_strings() {
     assert_eq!("dead".parse::<Fault>(), Ok(Fault::Dead));
-    assert_eq!("phase_loss:b".parse::<Fault>(), Ok(Fault::PhaseLoss(Phase::B)));
+    assert_eq!(
+        "phase_loss:b".parse::<Fault>(),
+        Ok(Fault::PhaseLoss(Phase::B))
+    );
     assert_eq!("exception:0x0B".parse::<Fault>(), Ok(Fault::Exception(11)));
     assert_eq!("exception:4".parse::<Fault>(), Ok(Fault::Exception(4)));
     assert!("phase_loss".parse::<Fault>().is_err());
@@ -232,5 +262,8 @@ fn parses_fault_strings() {
     // Serde form used in JSON/TOML configs.
     let json = serde_json::to_string(&Fault::PhaseLoss(Phase::A)).unwrap();
     assert_eq!(json, r#"{"phase_loss":"a"}"#);
-    assert_eq!(serde_json::from_str::<Fault>(r#""over_voltage""#).unwrap(), Fault::OverVoltage);
+    assert_eq!(
+        serde_json::from_str::<Fault>(r#""over_voltage""#).unwrap(),
+        Fault::OverVoltage
+    );
 }

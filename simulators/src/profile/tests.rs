@@ -150,35 +150,99 @@ fn builtin_profiles_parse_and_have_canonical_fields() {
     };
     let tx = names("transformer-monitor");
     for f in [
-        "oil_temp", "winding_temp", "ambient_temp", "voltage_a", "voltage_b", "voltage_c",
-        "current_a", "current_b", "current_c", "current_n", "active_power", "reactive_power",
-        "power_factor", "frequency", "thd_voltage", "tap_position", "energy_import",
-        "alarm_oil_level", "alarm_buchholz", "alarm_pressure_relief", "fan_running", "door_open",
+        "oil_temp",
+        "winding_temp",
+        "ambient_temp",
+        "voltage_a",
+        "voltage_b",
+        "voltage_c",
+        "current_a",
+        "current_b",
+        "current_c",
+        "current_n",
+        "active_power",
+        "reactive_power",
+        "power_factor",
+        "frequency",
+        "thd_voltage",
+        "tap_position",
+        "energy_import",
+        "alarm_oil_level",
+        "alarm_buchholz",
+        "alarm_pressure_relief",
+        "fan_running",
+        "door_open",
     ] {
         assert!(tx.contains(&f.to_owned()), "transformer-monitor lacks {f}");
     }
     let sdm = names("sdm630");
     for f in [
-        "voltage_a", "voltage_b", "voltage_c", "current_a", "current_b", "current_c", "power_a",
-        "power_b", "power_c", "pf_a", "pf_b", "pf_c", "voltage_avg", "active_power",
-        "power_factor", "frequency", "energy_import", "energy_export", "voltage_ab",
-        "voltage_bc", "voltage_ca", "current_n", "energy_total",
+        "voltage_a",
+        "voltage_b",
+        "voltage_c",
+        "current_a",
+        "current_b",
+        "current_c",
+        "power_a",
+        "power_b",
+        "power_c",
+        "pf_a",
+        "pf_b",
+        "pf_c",
+        "voltage_avg",
+        "active_power",
+        "power_factor",
+        "frequency",
+        "energy_import",
+        "energy_export",
+        "voltage_ab",
+        "voltage_bc",
+        "voltage_ca",
+        "current_n",
+        "energy_total",
     ] {
         assert!(sdm.contains(&f.to_owned()), "sdm630 lacks {f}");
     }
     let ss = names("sunspec203");
     for f in [
-        "current_total", "current_a", "current_b", "current_c", "voltage_avg", "voltage_a",
-        "voltage_b", "voltage_c", "voltage_ab", "voltage_bc", "voltage_ca", "frequency",
-        "active_power", "power_a", "power_b", "power_c", "power_factor", "energy_export",
-        "energy_import", "evt_power_failure", "evt_under_voltage", "evt_over_voltage",
+        "current_total",
+        "current_a",
+        "current_b",
+        "current_c",
+        "voltage_avg",
+        "voltage_a",
+        "voltage_b",
+        "voltage_c",
+        "voltage_ab",
+        "voltage_bc",
+        "voltage_ca",
+        "frequency",
+        "active_power",
+        "power_a",
+        "power_b",
+        "power_c",
+        "power_factor",
+        "energy_export",
+        "energy_import",
+        "evt_power_failure",
+        "evt_under_voltage",
+        "evt_over_voltage",
     ] {
         assert!(ss.contains(&f.to_owned()), "sunspec203 lacks {f}");
     }
-    assert!(!ss.contains(&"a_sf".to_owned()), "scale factors are not fields");
+    assert!(
+        !ss.contains(&"a_sf".to_owned()),
+        "scale factors are not fields"
+    );
     let sunspec = profiles.iter().find(|x| x.name == "sunspec203").unwrap();
-    assert_eq!(sunspec.register("current_total").unwrap().address, 40069 + 2);
-    assert_eq!(sunspec.register("energy_import").unwrap().address, 40069 + 46);
+    assert_eq!(
+        sunspec.register("current_total").unwrap().address,
+        40069 + 2
+    );
+    assert_eq!(
+        sunspec.register("energy_import").unwrap().address,
+        40069 + 46
+    );
     let sdm = profiles.iter().find(|x| x.name == "sdm630").unwrap();
     assert_eq!(sdm.register("energy_total").unwrap().address, 0x156);
 }
