@@ -71,7 +71,9 @@ fn parse_fault(s: &str) -> Result<(u8, Fault), String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logs on stderr so stdout carries only the address and unit table (scripts parse it).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

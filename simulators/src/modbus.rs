@@ -473,8 +473,13 @@ impl ModbusSimHandle {
 
     /// Injects `fault` into `unit`, replacing any previous fault; unknown units are ignored.
     pub fn set_fault(&self, unit: u8, fault: Fault) {
+        let mut fleet = self.shared.fleet();
+        if fleet.unit(unit).is_none() {
+            tracing::warn!(unit, ?fault, "fault for an unknown unit ignored");
+            return;
+        }
         tracing::info!(unit, ?fault, "fault injected");
-        self.shared.fleet().set_fault(unit, Some(fault));
+        fleet.set_fault(unit, Some(fault));
     }
 
     /// Returns `unit` to normal operation.
