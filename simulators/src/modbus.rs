@@ -138,8 +138,9 @@ fn sunspec_fixed(unit: &UnitInfo) -> Vec<(u16, Vec<u16>)> {
 /// One table of a profile, precomputed for serving.
 #[derive(Debug, Clone, Default)]
 struct TableImage {
-    /// Indices into the profile's registers.
-    registers: Vec<usize>,
+    /// Registers of this table: (index into the profile, is a scale factor, the sf value
+    /// applied to it), worked out once so the request path does no name lookups.
+    registers: Vec<(usize, bool, i16)>,
     /// Mapped address intervals `[start, end)`.
     spans: Vec<(u32, u32)>,
 }
@@ -177,8 +178,14 @@ impl UnitImage {
         };
         let mut tables: HashMap<Table, TableImage> = HashMap::new();
         for (idx, reg) in profile.registers.iter().enumerate() {
+            let sf = reg
+                .scale_factor
+                .as_deref()
+                .map(scale_factor_value)
+                .unwrap_or(0);
             let t = tables.entry(reg.table).or_default();
-            t.registers.push(idx);
+            t.registers
+                .push((idx, profile.is_scale_factor(&reg.name), sf));
             let start = u32::from(reg.address);
             t.spans
                 .push((start, start + u32::from(reg.data_type.words())));
@@ -244,25 +251,19 @@ fn read(
             }
         }
     }
-    for &idx in &timg.registers {
+    for &(idx, is_sf, sf) in &timg.registers {
         let reg: &Register = &profile.registers[idx];
         let r0 = u32::from(reg.address);
         let r1 = r0 + u32::from(reg.data_type.words());
         if r1 <= start || r0 >= end {
             continue;
         }
-        let is_sf = profile.is_scale_factor(&reg.name);
         let value = if is_sf {
             f64::from(scale_factor_value(&reg.name))
         } else {
             // A field the model does not produce reads as 0, like an unpopulated input.
             q.get(&reg.name).unwrap_or(0.0)
         };
-        let sf = reg
-            .scale_factor
-            .as_deref()
-            .map(scale_factor_value)
-            .unwrap_or(0);
         let enc = encode(reg, value, sf).map_err(|_| ExceptionCode::ServerDeviceFailure)?;
         if table.is_bits() {
             bits[(r0 - start) as usize] = enc.bit;
