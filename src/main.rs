@@ -1,1 +1,141 @@
-fn main() {}
+//! The `gridwatch` command line: run the daemon, check a config, run the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use gridwatch::config::{self, LoadedConfig};
+
+#[derive(Parser)]
+#[command(name = "gridwatch", version, about = "Watches an electricity distribution network: polls transformers and meters, stores telemetry, raises alarms")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Configuration file.
+        #[arg(long, short, env = "GRIDWATCH_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print what it describes (exit 2 on errors).
+    Check {
+        /// Configuration file.
+        #[arg(long, short, env = "GRIDWATCH_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => {
+            init_tracing();
+            match config::load(&config) {
+                Ok(loaded) => exit(run_daemon(loaded)),
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn run_daemon(loaded: LoadedConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        gridwatch::run(loaded, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// First SIGTERM/SIGINT starts a clean shutdown; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting immediately");
+    std::process::exit(130);
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            print_summary(&loaded);
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for issue in &errors.0 {
+                eprintln!("error: {issue}");
+            }
+            eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_summary(loaded: &LoadedConfig) {
+    let c = &loaded.config;
+    println!("{}: configuration is valid", loaded.origin);
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    for d in &c.devices {
+        *kinds.entry(d.kind.as_str()).or_default() += 1;
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    println!("devices: {} ({})", c.devices.len(), kinds.join(", "));
+    for ep in &c.modbus.endpoints {
+        let n = c.devices.iter().filter(|d| d.endpoint.as_deref() == Some(ep.name.as_str())).count();
+        println!(
+            "modbus endpoint {}: {:?} {} timeout {:?}, {} device(s)",
+            ep.name, ep.transport, ep.address, ep.timeout, n
+        );
+    }
+    for (name, p) in &loaded.profiles {
+        println!("profile {name}: {} register(s) {}", p.registers.len(), p.description);
+    }
+    match &c.storage.influx {
+        Some(i) => println!("telemetry: {:?} API at {} (batch {} / {:?})", i.api, i.url, i.batch_size, i.flush_interval),
+        None => println!("telemetry: line-protocol files in {}", c.daemon.data_dir.join("telemetry").display()),
+    }
+    println!("http: {}", c.daemon.http_listen);
+    for w in &loaded.warnings {
+        println!("warning: {w}");
+    }
+}

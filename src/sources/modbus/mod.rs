@@ -1,5 +1,120 @@
 //! Modbus polling: profiles are compiled into read plans, responses decoded into readings.
+//!
+//! One [`poller::Connection`] task per endpoint connection (`max_in_flight` of them per
+//! endpoint, devices split between them) keeps each of its devices on its own interval.
 
+pub mod client;
 pub mod compiled;
 pub mod decode;
 pub mod planner;
+pub mod poller;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{LoadedConfig, SourceKind};
+use crate::metrics::Registry;
+use crate::model::DeviceInfo;
+use crate::pipeline::ReadingSender;
+use crate::status::StatusBoard;
+use compiled::CompiledProfile;
+use planner::PlanLimits;
+
+/// The Modbus source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ModbusError {
+    /// A profile failed to compile (config validation normally catches this first).
+    #[error("profile {name}: {message}")]
+    Profile {
+        /// Profile name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Starts one task per endpoint connection for every Modbus device in the config.
+pub fn spawn(
+    loaded: &LoadedConfig,
+    devices: &HashMap<String, Arc<DeviceInfo>>,
+    sender: &ReadingSender,
+    status: &Arc<StatusBoard>,
+    metrics: &Arc<Registry>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<usize, ModbusError> {
+    let mut compiled: HashMap<(String, u16, u16), Arc<CompiledProfile>> = HashMap::new();
+    let mut tasks = 0;
+    for ep in &loaded.config.modbus.endpoints {
+        let mut polled = Vec::new();
+        for dev in &loaded.config.devices {
+            if !dev.enabled
+                || dev.source_kind() != Some(SourceKind::Modbus)
+                || dev.endpoint.as_deref() != Some(ep.name.as_str())
+            {
+                continue;
+            }
+            let (Some(unit), Some(profile_name), Some(info)) =
+                (dev.unit_id, dev.profile.as_ref(), devices.get(&dev.id))
+            else {
+                continue;
+            };
+            let Some(profile_cfg) = loaded.profiles.get(profile_name) else {
+                return Err(ModbusError::Profile {
+                    name: profile_name.clone(),
+                    message: "not defined".into(),
+                });
+            };
+            let key = (profile_name.clone(), ep.max_registers, ep.max_bits);
+            let profile = match compiled.get(&key) {
+                Some(p) => Arc::clone(p),
+                None => {
+                    let limits = PlanLimits {
+                        max_registers: ep.max_registers,
+                        max_bits: ep.max_bits,
+                        max_gap: profile_cfg.max_gap,
+                    };
+                    let p = CompiledProfile::compile(profile_name, profile_cfg, &limits)
+                        .map_err(|e| ModbusError::Profile {
+                            name: profile_name.clone(),
+                            message: e.to_string(),
+                        })?;
+                    let p = Arc::new(p);
+                    compiled.insert(key, Arc::clone(&p));
+                    p
+                }
+            };
+            polled.push(poller::PolledDevice::new(
+                Arc::clone(info),
+                unit,
+                profile,
+                dev.interval,
+            ));
+        }
+        if polled.is_empty() {
+            continue;
+        }
+        // Devices are dealt round-robin over the endpoint's connections.
+        let lanes = ep.max_in_flight.max(1).min(polled.len());
+        let mut groups: Vec<Vec<poller::PolledDevice>> = (0..lanes).map(|_| Vec::new()).collect();
+        for (i, d) in polled.into_iter().enumerate() {
+            groups[i % lanes].push(d);
+        }
+        for (lane, group) in groups.into_iter().enumerate() {
+            let conn = poller::Connection::new(
+                ep.clone(),
+                lane,
+                group,
+                sender.clone(),
+                Arc::clone(status),
+                metrics,
+            );
+            tracker.spawn(conn.run(cancel.clone()));
+            tasks += 1;
+        }
+    }
+    Ok(tasks)
+}

@@ -1,0 +1,140 @@
+use super::*;
+
+fn load_text(text: &str) -> Result<LoadedConfig, ConfigErrors> {
+    load_str(text, "test.toml", Path::new("."), &[])
+}
+
+const PROFILE: &str = r#"
+[profiles.tx]
+registers = [
+  { name = "oil_temp", table = "input", address = 0, type = "f32", unit = "degC" },
+  { name = "current_a", table = "holding", address = 100, type = "u16", scale = 0.1 },
+]
+"#;
+
+#[test]
+fn minimal_config_loads_with_defaults() {
+    let text = format!(
+        r#"
+[[modbus.endpoints]]
+name = "gw"
+address = "127.0.0.1:5020"
+
+[[devices]]
+id = "TX-1"
+kind = "transformer"
+endpoint = "gw"
+unit_id = 1
+profile = "tx"
+interval = "250ms"
+{PROFILE}"#
+    );
+    let loaded = load_text(&text).unwrap();
+    let ep = &loaded.config.modbus.endpoints[0];
+    assert_eq!(ep.timeout, std::time::Duration::from_millis(500));
+    assert_eq!(ep.max_registers, 125);
+    assert_eq!(loaded.config.devices[0].interval, std::time::Duration::from_millis(250));
+    assert_eq!(loaded.config.devices[0].source_kind(), Some(SourceKind::Modbus));
+    assert!(loaded.config.storage.influx.is_none());
+}
+
+#[test]
+fn reports_every_error_with_its_key_path() {
+    let text = format!(
+        r#"
+[[modbus.endpoints]]
+name = "gw"
+address = "127.0.0.1:5020"
+timeout = "fast"
+
+[[devices]]
+id = "TX-1"
+kind = "transformer"
+endpoint = "gw"
+unit_id = 1
+profile = "tx-basic"
+
+[[devices]]
+id = "TX-2"
+kind = "transformer"
+endpoint = "nowhere"
+unit_id = 2
+profile = "tx"
+colour = "red"
+
+[[devices]]
+id = "TX-3"
+kind = "transformer"
+endpoint = "gw"
+unit_id = 300
+profile = "tx"
+{PROFILE}"#
+    );
+    let errors = load_text(&text).unwrap_err().0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"modbus.endpoints[0].timeout"), "{errors:?}");
+    assert!(keys.contains(&"devices[1].colour"), "{errors:?}");
+    assert!(keys.contains(&"devices[2].unit_id"), "{errors:?}");
+    let profile = errors.iter().find(|e| e.key == "devices[0].profile").unwrap();
+    assert_eq!(profile.message, "unknown profile \"tx-basic\"");
+    assert!(errors.iter().all(|e| e.file == "test.toml"));
+    let shown = errors[0].to_string();
+    assert!(shown.starts_with("test.toml: "), "{shown}");
+}
+
+#[test]
+fn semantic_checks_catch_duplicates_and_missing_keys() {
+    let text = format!(
+        r#"
+[storage.influx]
+url = "not a url"
+api = "v1"
+
+[[modbus.endpoints]]
+name = "gw"
+address = "no-port"
+
+[[devices]]
+id = "A"
+kind = "meter"
+endpoint = "gw"
+unit_id = 1
+profile = "tx"
+
+[[devices]]
+id = "A"
+kind = "meter"
+endpoint = "gw"
+unit_id = 1
+profile = "tx"
+parent = "ghost"
+{PROFILE}"#
+    );
+    let errors = load_text(&text).unwrap_err().0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    for expected in [
+        "storage.influx.url",
+        "storage.influx.db",
+        "modbus.endpoints[0].address",
+        "devices[1].id",
+        "devices[1].unit_id",
+        "devices[1].parent",
+    ] {
+        assert!(keys.contains(&expected), "missing {expected} in {errors:?}");
+    }
+}
+
+#[test]
+fn profile_file_errors_name_the_file_and_register() {
+    let mut issues = Vec::new();
+    let text = r#"
+[[registers]]
+name = "x"
+table = "input"
+address = 0
+type = "f33"
+"#;
+    assert!(parse_profile_file(text, "profiles/bad.toml", &mut issues).is_none());
+    assert_eq!(issues[0].file, "profiles/bad.toml");
+    assert_eq!(issues[0].key, "registers[0].type");
+}

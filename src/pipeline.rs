@@ -1,0 +1,115 @@
+//! Fan-out of readings from every source to every consumer over bounded channels.
+//!
+//! Sources send owned [`Reading`]s into one channel; the fan-out task wraps each in an `Arc`
+//! and offers it to the consumers. The telemetry sink is *lossless*: the fan-out waits for it
+//! (it only buffers to memory or disk, so it is never slow for long). Every other consumer
+//! (history, rules) is *lossy*: when it lags, the reading is dropped for it alone and counted
+//! in `gridwatch_pipeline_dropped_total{consumer=...}`, so a slow web client can never stall
+//! polling.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::metrics::{Counter, Registry};
+use crate::model::Reading;
+
+/// The handle sources use to emit readings.
+pub type ReadingSender = mpsc::Sender<Reading>;
+
+/// How a consumer is fed when it falls behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Wait for the consumer; nothing is dropped.
+    Lossless,
+    /// Drop (and count) readings the consumer has no room for.
+    Lossy,
+}
+
+struct Consumer {
+    tx: mpsc::Sender<Arc<Reading>>,
+    delivery: Delivery,
+    dropped: Counter,
+}
+
+/// Collects consumers, then runs the fan-out.
+pub struct Pipeline {
+    capacity: usize,
+    consumers: Vec<Consumer>,
+    metrics: Arc<Registry>,
+    input_tx: ReadingSender,
+    input_rx: mpsc::Receiver<Reading>,
+}
+
+impl Pipeline {
+    /// A pipeline whose channels each hold `capacity` readings.
+    pub fn new(capacity: usize, metrics: Arc<Registry>) -> Self {
+        let (input_tx, input_rx) = mpsc::channel(capacity);
+        Pipeline {
+            capacity,
+            consumers: Vec::new(),
+            metrics,
+            input_tx,
+            input_rx,
+        }
+    }
+
+    /// A sender for a source; the pipeline ends when every sender is dropped.
+    pub fn sender(&self) -> ReadingSender {
+        self.input_tx.clone()
+    }
+
+    /// Adds a consumer named `name` and returns its receiving end.
+    pub fn consumer(&mut self, name: &str, delivery: Delivery) -> mpsc::Receiver<Arc<Reading>> {
+        let (tx, rx) = mpsc::channel(self.capacity);
+        let dropped = self.metrics.counter(
+            "gridwatch_pipeline_dropped_total",
+            "Readings a lagging consumer had no room for.",
+            &[("consumer", name)],
+        );
+        self.consumers.push(Consumer {
+            tx,
+            delivery,
+            dropped,
+        });
+        rx
+    }
+
+    /// Runs the fan-out until every source sender is gone, then closes the consumers'
+    /// channels so they drain and stop.
+    pub async fn run(self) {
+        let Pipeline {
+            consumers,
+            metrics,
+            input_tx,
+            mut input_rx,
+            ..
+        } = self;
+        // Our own sender would keep the channel open forever.
+        drop(input_tx);
+        let readings = metrics.counter(
+            "gridwatch_readings_total",
+            "Readings that entered the pipeline.",
+            &[],
+        );
+        while let Some(reading) = input_rx.recv().await {
+            readings.inc();
+            let reading = Arc::new(reading);
+            for c in &consumers {
+                match c.delivery {
+                    Delivery::Lossless => {
+                        // A closed consumer has stopped on purpose (shutdown); nothing to do.
+                        let _ = c.tx.send(Arc::clone(&reading)).await;
+                    }
+                    Delivery::Lossy => {
+                        if let Err(mpsc::error::TrySendError::Full(_)) =
+                            c.tx.try_send(Arc::clone(&reading))
+                        {
+                            c.dropped.inc();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Device status (`online / degraded / offline`) and last-seen times, as sources report them.
+//!
+//! Sources call [`StatusBoard::success`] / [`StatusBoard::failure`] after every poll or message;
+//! the API reads snapshots. A device is `degraded` after one failed or partial poll and
+//! `offline` after `offline_after` consecutive failures (per endpoint, default 2), so a unit
+//! that stops answering is shown offline within three of its intervals.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+use crate::model::{DeviceInfo, Timestamp};
+
+/// Health of one device as the control room sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Not polled yet since start-up.
+    Unknown,
+    /// The last poll succeeded completely.
+    Online,
+    /// The last poll failed or was partial, but not long enough to call it offline.
+    Degraded,
+    /// Consecutive polls failed.
+    Offline,
+}
+
+/// What the board knows about one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceState {
+    /// Current status.
+    pub status: DeviceStatus,
+    /// When the device last answered (ns since epoch).
+    pub last_seen: Option<Timestamp>,
+    /// Failed polls since the last success.
+    pub consecutive_failures: u32,
+    /// The last error, if the last poll failed.
+    pub last_error: Option<String>,
+    /// When the status last changed (ns since epoch).
+    pub since: Timestamp,
+}
+
+/// A status transition, for the event log and alarms.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusChange {
+    /// The device.
+    pub device: String,
+    /// Status before.
+    pub from: DeviceStatus,
+    /// Status after.
+    pub to: DeviceStatus,
+    /// When it changed.
+    pub at: Timestamp,
+}
+
+/// Shared status of every device.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    devices: RwLock<HashMap<String, DeviceState>>,
+}
+
+impl StatusBoard {
+    /// A board with every configured device in `unknown`.
+    pub fn new(devices: &[Arc<DeviceInfo>], now: Timestamp) -> Arc<Self> {
+        let map = devices
+            .iter()
+            .map(|d| {
+                (
+                    d.id.clone(),
+                    DeviceState {
+                        status: DeviceStatus::Unknown,
+                        last_seen: None,
+                        consecutive_failures: 0,
+                        last_error: None,
+                        since: now,
+                    },
+                )
+            })
+            .collect();
+        Arc::new(StatusBoard {
+            devices: RwLock::new(map),
+        })
+    }
+
+    /// Records a successful poll (`complete` false for a partial one).
+    pub fn success(&self, device: &str, at: Timestamp, complete: bool) -> Option<StatusChange> {
+        let to = if complete {
+            DeviceStatus::Online
+        } else {
+            DeviceStatus::Degraded
+        };
+        self.update(device, at, |s| {
+            s.last_seen = Some(at);
+            s.consecutive_failures = 0;
+            s.last_error = None;
+            to
+        })
+    }
+
+    /// Records a failed poll; `offline_after` consecutive failures make the device offline.
+    pub fn failure(
+        &self,
+        device: &str,
+        at: Timestamp,
+        error: &str,
+        offline_after: u32,
+    ) -> Option<StatusChange> {
+        self.update(device, at, |s| {
+            s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            if s.last_error.as_deref() != Some(error) {
+                s.last_error = Some(error.to_string());
+            }
+            if s.consecutive_failures >= offline_after {
+                DeviceStatus::Offline
+            } else {
+                DeviceStatus::Degraded
+            }
+        })
+    }
+
+    fn update(
+        &self,
+        device: &str,
+        at: Timestamp,
+        f: impl FnOnce(&mut DeviceState) -> DeviceStatus,
+    ) -> Option<StatusChange> {
+        let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
+        let state = map.entry(device.to_string()).or_insert(DeviceState {
+            status: DeviceStatus::Unknown,
+            last_seen: None,
+            consecutive_failures: 0,
+            last_error: None,
+            since: at,
+        });
+        let to = f(state);
+        if to == state.status {
+            return None;
+        }
+        let from = state.status;
+        state.status = to;
+        state.since = at;
+        Some(StatusChange {
+            device: device.to_string(),
+            from,
+            to,
+            at,
+        })
+    }
+
+    /// The state of one device.
+    pub fn get(&self, device: &str) -> Option<DeviceState> {
+        let map = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        map.get(device).cloned()
+    }
+
+    /// Number of devices in each status.
+    pub fn counts(&self) -> HashMap<DeviceStatus, usize> {
+        let map = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let mut counts = HashMap::new();
+        for s in map.values() {
+            *counts.entry(s.status).or_default() += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn degraded_then_offline_then_back_online() {
+        let board = StatusBoard::new(&[], 0);
+        assert_eq!(board.success("a", 1, true).map(|c| c.to), Some(DeviceStatus::Online));
+        assert_eq!(board.failure("a", 2, "timeout", 2).map(|c| c.to), Some(DeviceStatus::Degraded));
+        assert_eq!(board.failure("a", 3, "timeout", 2).map(|c| c.to), Some(DeviceStatus::Offline));
+        assert!(board.failure("a", 4, "timeout", 2).is_none());
+        let back = board.success("a", 5, true).map(|c| (c.from, c.to));
+        assert_eq!(back, Some((DeviceStatus::Offline, DeviceStatus::Online)));
+        let state = board.get("a").map(|s| (s.last_seen, s.consecutive_failures));
+        assert_eq!(state, Some((Some(5), 0)));
+    }
+}
