@@ -29,8 +29,10 @@ fn limits(max_gap: u16) -> PlanLimits {
     }
 }
 
-/// (table, start, count, [(register, offset)]) of each request, for compact assertions.
-fn shape(p: &Plan) -> Vec<(Table, u16, u16, Vec<(usize, u16)>)> {
+/// (table, start, count, [(register, offset)]) of one request, for compact assertions.
+type Shape = (Table, u16, u16, Vec<(usize, u16)>);
+
+fn shape(p: &Plan) -> Vec<Shape> {
     p.requests
         .iter()
         .map(|r| {
