@@ -1,18 +1,248 @@
-//! (placeholder)
+//! InfluxDB line protocol encoding: the text every TSDB sink sends.
+//!
+//! Data enters as a [`Reading`] (whose device carries a pre-escaped series key and whose
+//! schema carries pre-escaped field keys) or as an explicit list of fields for other
+//! measurements (alarms, KPIs). It leaves as lines appended to a caller-owned `String`
+//! buffer, one `measurement,tags fields timestamp\n` per point, ready to be batched.
+//!
+//! Escaping follows the InfluxDB line protocol reference
+//! (<https://docs.influxdata.com/influxdb/v2/reference/syntax/line-protocol/#special-characters>):
+//!
+//! | element                        | escaped                       |
+//! |--------------------------------|-------------------------------|
+//! | measurement                    | `,` and space                 |
+//! | tag key, tag value, field key  | `,`, `=` and space            |
+//! | string field value             | `"` and `\`                   |
+//!
+//! Names and strings are sanitised so that the output is always one valid line per point:
+//! - Control characters (newline, carriage return, tab, NUL, ...) become a space. Line
+//!   protocol has no escape for them: a newline ends the line, and parsers treat tab as a
+//!   separator.
+//! - In names, a backslash is doubled only where a parser would otherwise read it as an
+//!   escape (before another backslash or a character that is escaped). InfluxDB 2.x reads
+//!   `\\` as one backslash but InfluxDB 1.x keeps both, so a lone backslash (`PLC\A`) is
+//!   written as is and reads the same in both.
+//! - A name may not end in a backslash (the Go and Rust parsers reject it even when it is
+//!   escaped): a trailing backslash becomes `_`.
+//! - A measurement may not start with `#` (the line would be read as a comment): a leading
+//!   `#` becomes `_`. An empty measurement becomes `_`.
+//! - Empty tag keys or values are omitted (line protocol forbids them); fields with an
+//!   empty key or a non-finite value are skipped, and a point without fields is not written.
+//!
+//! Floats are written in their shortest form that parses back to the same bits (`ryu`),
+//! without the `i` suffix, so a store types them as floats.
+//!
+//! The per-point functions ([`write_reading`], [`write_line`]) allocate nothing beyond the
+//! growth of the output buffer: the hot path targets millions of points per second per core.
 
-/// Escapes a tag key, tag value or field key.
-pub fn escape_key(s: &str) -> String {
-    s.to_string()
+use crate::model::Reading;
+
+/// A field value for [`write_line`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FieldValue<'a> {
+    /// A float; non-finite values are skipped.
+    F64(f64),
+    /// A signed integer, written with the `i` suffix.
+    I64(i64),
+    /// An unsigned integer, written with the `u` suffix. InfluxDB 1.x rejects unsigned
+    /// fields unless built with support for them; prefer [`FieldValue::I64`] there.
+    U64(u64),
+    /// A string, written quoted and escaped.
+    Str(&'a str),
+    /// A boolean, written as `true` / `false`.
+    Bool(bool),
 }
 
-/// Builds a series key.
-pub fn series_key(measurement: &str, tags: &[(&str, &str)]) -> String {
-    let mut s = measurement.to_string();
-    for (k, v) in tags {
-        s.push(',');
-        s.push_str(k);
-        s.push('=');
-        s.push_str(v);
+/// Characters escaped in a measurement.
+const MEASUREMENT_SPECIAL: &[char] = &[',', ' '];
+/// Characters escaped in tag keys, tag values and field keys.
+const KEY_SPECIAL: &[char] = &[',', '=', ' '];
+
+/// Escapes a measurement name (commas, spaces; see the module docs for sanitising).
+pub fn escape_measurement(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    if s.is_empty() {
+        out.push('_');
+        return out;
     }
-    s
+    let (first_hash, rest) = match s.strip_prefix('#') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    if first_hash {
+        out.push('_');
+    }
+    push_escaped_name(&mut out, rest, MEASUREMENT_SPECIAL);
+    out
 }
+
+/// Escapes a tag key, tag value or field key (commas, `=`, spaces; see the module docs).
+///
+/// An empty input gives an empty output: callers omit such tags and fields.
+pub fn escape_key(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    push_escaped_name(&mut out, s, KEY_SPECIAL);
+    out
+}
+
+/// Appends `s` escaped for a name position whose special characters are `special`.
+fn push_escaped_name(out: &mut String, s: &str, special: &[char]) {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let next = chars.peek().copied();
+        match c {
+            '\\' => match next {
+                // A parser would otherwise drop this backslash as an escape character.
+                Some(n) if n == '\\' || n.is_control() || special.contains(&n) => {
+                    out.push_str("\\\\");
+                }
+                Some(_) => out.push('\\'),
+                // Names may not end in a backslash, escaped or not.
+                None => out.push('_'),
+            },
+            c if c.is_control() => out.push_str("\\ "),
+            c if special.contains(&c) => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends a string field value, quoted, with `"` and `\` escaped and control characters
+/// replaced by a space.
+fn push_string_field(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Builds a series key `measurement,k1=v1,k2=v2` from unescaped parts.
+///
+/// Tags are sorted by key (byte order, as InfluxDB recommends: it saves the store a sort
+/// per point). Tags with an empty key or value are omitted, since line protocol forbids
+/// empty tag values; of repeated keys, the first non-empty one is kept.
+pub fn series_key(measurement: &str, tags: &[(&str, &str)]) -> String {
+    let mut sorted: Vec<(&str, &str)> = tags
+        .iter()
+        .copied()
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .collect();
+    // Stable, so the first of repeated keys stays first and wins the dedup.
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    sorted.dedup_by(|later, earlier| later.0 == earlier.0);
+
+    let mut out = escape_measurement(measurement);
+    for (k, v) in sorted {
+        out.push(',');
+        push_escaped_name(&mut out, k, KEY_SPECIAL);
+        out.push('=');
+        push_escaped_name(&mut out, v, KEY_SPECIAL);
+    }
+    out
+}
+
+/// Appends a finite float in its shortest round-trip form.
+#[inline]
+fn push_f64(out: &mut String, v: f64) {
+    let mut b = ryu::Buffer::new();
+    out.push_str(b.format_finite(v));
+}
+
+/// Appends `" {ts}\n"`.
+#[inline]
+fn push_timestamp(out: &mut String, ts: i64) {
+    let mut b = itoa::Buffer::new();
+    out.push(' ');
+    out.push_str(b.format(ts));
+    out.push('\n');
+}
+
+/// Appends one line for `r`: `{series} {key}={value},... {ts}\n`.
+///
+/// Uses the device's pre-escaped `lp_series` and the schema's pre-escaped `lp_key`s.
+/// Values that are not finite, or whose field id is outside the schema, are skipped; when
+/// no value remains nothing is written.
+pub fn write_reading(buf: &mut String, r: &Reading) {
+    let mark = buf.len();
+    buf.push_str(&r.device.lp_series);
+    let mut sep = ' ';
+    for &(id, v) in &r.values {
+        if !v.is_finite() {
+            continue;
+        }
+        let Some(field) = r.schema.fields.get(usize::from(id)) else {
+            continue;
+        };
+        if field.lp_key.is_empty() {
+            continue;
+        }
+        buf.push(sep);
+        sep = ',';
+        buf.push_str(&field.lp_key);
+        buf.push('=');
+        push_f64(buf, v);
+    }
+    if sep == ' ' {
+        // No field was written: a line without fields is invalid.
+        buf.truncate(mark);
+        return;
+    }
+    push_timestamp(buf, r.ts);
+}
+
+/// Appends one line `{series_key} {fields} {ts}\n` for an arbitrary measurement.
+///
+/// `series_key` must come from [`series_key`] (it is written as is); field keys are
+/// escaped here. Non-finite floats and empty keys are skipped; when no field remains
+/// nothing is written.
+pub fn write_line(buf: &mut String, series_key: &str, fields: &[(&str, FieldValue)], ts: i64) {
+    let mark = buf.len();
+    buf.push_str(series_key);
+    let mut sep = ' ';
+    for (key, value) in fields {
+        if key.is_empty() {
+            continue;
+        }
+        if let FieldValue::F64(v) = value
+            && !v.is_finite()
+        {
+            continue;
+        }
+        buf.push(sep);
+        sep = ',';
+        push_escaped_name(buf, key, KEY_SPECIAL);
+        buf.push('=');
+        match *value {
+            FieldValue::F64(v) => push_f64(buf, v),
+            FieldValue::I64(v) => {
+                buf.push_str(itoa::Buffer::new().format(v));
+                buf.push('i');
+            }
+            FieldValue::U64(v) => {
+                buf.push_str(itoa::Buffer::new().format(v));
+                buf.push('u');
+            }
+            FieldValue::Str(s) => push_string_field(buf, s),
+            FieldValue::Bool(b) => buf.push_str(if b { "true" } else { "false" }),
+        }
+    }
+    if sep == ' ' {
+        buf.truncate(mark);
+        return;
+    }
+    push_timestamp(buf, ts);
+}
+
+#[cfg(test)]
+mod tests;
