@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod history;
 pub mod metrics;
 pub mod model;
@@ -108,7 +110,9 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
             influx.max_pending_batches,
         ),
         None => (
-            Writer::File(sinks::file::FileWriter::new(cfg.daemon.data_dir.join("telemetry"))),
+            Writer::File(sinks::file::FileWriter::new(
+                cfg.daemon.data_dir.join("telemetry"),
+            )),
             BatchSettings {
                 batch_size: 5000,
                 flush_interval: Duration::from_secs(1),
@@ -199,12 +203,24 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE - Duration::from_millis(500);
     tracing::info!("shutting down: stopping sources");
     sources_cancel.cancel();
-    if tokio::time::timeout_at(deadline, sources.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, sources.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(pending = sources.len(), "sources did not stop in time");
     }
-    tracing::info!(pending_points = queue.pending_points(), "draining pipeline and flushing telemetry");
-    if tokio::time::timeout_at(deadline, drain.wait()).await.is_err() {
-        tracing::warn!(pending_points = queue.pending_points(), "telemetry flush did not finish before the deadline");
+    tracing::info!(
+        pending_points = queue.pending_points(),
+        "draining pipeline and flushing telemetry"
+    );
+    if tokio::time::timeout_at(deadline, drain.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pending_points = queue.pending_points(),
+            "telemetry flush did not finish before the deadline"
+        );
         hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_millis(200), drain.wait()).await;
     }

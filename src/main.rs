@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 use gridwatch::config::{self, LoadedConfig};
 
 #[derive(Parser)]
-#[command(name = "gridwatch", version, about = "Watches an electricity distribution network: polls transformers and meters, stores telemetry, raises alarms")]
+#[command(
+    name = "gridwatch",
+    version,
+    about = "Watches an electricity distribution network: polls transformers and meters, stores telemetry, raises alarms"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +28,9 @@ enum Command {
         #[arg(long, short, env = "GRIDWATCH_CONFIG")]
         config: PathBuf,
     },
+    /// Run simulated transformers and meters with the daemon and its API (embedded defaults).
+    #[cfg(feature = "demo")]
+    Demo(DemoArgs),
     /// Validate a configuration and print what it describes (exit 2 on errors).
     Check {
         /// Configuration file.
@@ -32,10 +39,47 @@ enum Command {
     },
 }
 
+#[cfg(feature = "demo")]
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Address of the API and web page.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// Stop after this long (e.g. "10m"); default: until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Send telemetry to this InfluxDB-compatible store instead of line-protocol files.
+    #[arg(long)]
+    influx_url: Option<String>,
+    /// Write API of the store: v2 (org/bucket/token) or v1 (db).
+    #[arg(long, default_value = "v2")]
+    influx_api: String,
+    /// v2 organisation.
+    #[arg(long, default_value = "grid")]
+    influx_org: String,
+    /// v2 bucket.
+    #[arg(long, default_value = "telemetry")]
+    influx_bucket: String,
+    /// v2 token.
+    #[arg(long, env = "GRIDWATCH__STORAGE__INFLUX__TOKEN", default_value = "")]
+    influx_token: String,
+    /// v1 database.
+    #[arg(long, default_value = "telemetry")]
+    influx_db: String,
+    /// Where the demo keeps its data.
+    #[arg(long, default_value = "./data/demo")]
+    data_dir: PathBuf,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => {
+            init_tracing();
+            exit(run_demo(args))
+        }
         Command::Run { config } => {
             init_tracing();
             match config::load(&config) {
@@ -62,7 +106,10 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn run_daemon(loaded: LoadedConfig) -> anyhow::Result<()> {
@@ -75,10 +122,46 @@ fn run_daemon(loaded: LoadedConfig) -> anyhow::Result<()> {
     })
 }
 
+#[cfg(feature = "demo")]
+fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let influx = match args.influx_url {
+        None => None,
+        Some(url) => {
+            let text = format!(
+                "url = {url:?}\napi = {:?}\norg = {:?}\nbucket = {:?}\ntoken = {:?}\ndb = {:?}\n",
+                args.influx_api,
+                args.influx_org,
+                args.influx_bucket,
+                args.influx_token,
+                args.influx_db
+            );
+            let cfg: config::InfluxConfig =
+                toml::from_str(&text).context("invalid --influx-* option")?;
+            Some(cfg)
+        }
+    };
+    let opts = gridwatch::demo::DemoOptions {
+        http: args.http,
+        duration: args.duration,
+        influx,
+        data_dir: args.data_dir,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        gridwatch::demo::run(opts, shutdown).await?;
+        Ok(())
+    })
+}
+
 /// First SIGTERM/SIGINT starts a clean shutdown; a second one exits at once.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -121,18 +204,32 @@ fn print_summary(loaded: &LoadedConfig) {
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
     println!("devices: {} ({})", c.devices.len(), kinds.join(", "));
     for ep in &c.modbus.endpoints {
-        let n = c.devices.iter().filter(|d| d.endpoint.as_deref() == Some(ep.name.as_str())).count();
+        let n = c
+            .devices
+            .iter()
+            .filter(|d| d.endpoint.as_deref() == Some(ep.name.as_str()))
+            .count();
         println!(
             "modbus endpoint {}: {:?} {} timeout {:?}, {} device(s)",
             ep.name, ep.transport, ep.address, ep.timeout, n
         );
     }
     for (name, p) in &loaded.profiles {
-        println!("profile {name}: {} register(s) {}", p.registers.len(), p.description);
+        println!(
+            "profile {name}: {} register(s) {}",
+            p.registers.len(),
+            p.description
+        );
     }
     match &c.storage.influx {
-        Some(i) => println!("telemetry: {:?} API at {} (batch {} / {:?})", i.api, i.url, i.batch_size, i.flush_interval),
-        None => println!("telemetry: line-protocol files in {}", c.daemon.data_dir.join("telemetry").display()),
+        Some(i) => println!(
+            "telemetry: {:?} API at {} (batch {} / {:?})",
+            i.api, i.url, i.batch_size, i.flush_interval
+        ),
+        None => println!(
+            "telemetry: line-protocol files in {}",
+            c.daemon.data_dir.join("telemetry").display()
+        ),
     }
     println!("http: {}", c.daemon.http_listen);
     for w in &loaded.warnings {

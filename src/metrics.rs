@@ -118,8 +118,15 @@ impl Registry {
     }
 
     /// The counter `name{labels}`, created at zero on first use.
-    pub fn counter(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)]) -> Counter {
-        match self.get_or_insert(name, help, "counter", labels, || Series::Counter(Counter::default())) {
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+    ) -> Counter {
+        match self.get_or_insert(name, help, "counter", labels, || {
+            Series::Counter(Counter::default())
+        }) {
             Series::Counter(c) => c,
             _ => Counter::default(),
         }
@@ -127,7 +134,9 @@ impl Registry {
 
     /// The gauge `name{labels}`, created at zero on first use.
     pub fn gauge(&self, name: &'static str, help: &'static str, labels: &[(&str, &str)]) -> Gauge {
-        match self.get_or_insert(name, help, "gauge", labels, || Series::Gauge(Gauge::default())) {
+        match self.get_or_insert(name, help, "gauge", labels, || {
+            Series::Gauge(Gauge::default())
+        }) {
             Series::Gauge(g) => g,
             _ => Gauge::default(),
         }
@@ -209,7 +218,11 @@ fn fmt_float(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{v}")
     }
@@ -247,12 +260,16 @@ mod tests {
     #[test]
     fn renders_counters_gauges_and_histograms() {
         let r = Registry::new();
-        r.counter("gw_polls_total", "Polls.", &[("endpoint", "a\"b")]).add(3);
+        r.counter("gw_polls_total", "Polls.", &[("endpoint", "a\"b")])
+            .add(3);
         r.gauge("gw_depth", "Depth.", &[]).set(2.5);
         r.histogram("gw_latency_seconds", "Latency.", &[("endpoint", "x")])
             .observe(0.003);
         let text = r.render();
-        assert!(text.contains("gw_polls_total{endpoint=\"a\\\"b\"} 3"), "{text}");
+        assert!(
+            text.contains("gw_polls_total{endpoint=\"a\\\"b\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("gw_depth 2.5"), "{text}");
         assert!(text.contains("gw_latency_seconds_bucket{endpoint=\"x\",le=\"0.0025\"} 0"));
         assert!(text.contains("gw_latency_seconds_bucket{endpoint=\"x\",le=\"0.005\"} 1"));

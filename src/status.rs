@@ -172,13 +172,24 @@ mod tests {
     #[test]
     fn degraded_then_offline_then_back_online() {
         let board = StatusBoard::new(&[], 0);
-        assert_eq!(board.success("a", 1, true).map(|c| c.to), Some(DeviceStatus::Online));
-        assert_eq!(board.failure("a", 2, "timeout", 2).map(|c| c.to), Some(DeviceStatus::Degraded));
-        assert_eq!(board.failure("a", 3, "timeout", 2).map(|c| c.to), Some(DeviceStatus::Offline));
+        assert_eq!(
+            board.success("a", 1, true).map(|c| c.to),
+            Some(DeviceStatus::Online)
+        );
+        assert_eq!(
+            board.failure("a", 2, "timeout", 2).map(|c| c.to),
+            Some(DeviceStatus::Degraded)
+        );
+        assert_eq!(
+            board.failure("a", 3, "timeout", 2).map(|c| c.to),
+            Some(DeviceStatus::Offline)
+        );
         assert!(board.failure("a", 4, "timeout", 2).is_none());
         let back = board.success("a", 5, true).map(|c| (c.from, c.to));
         assert_eq!(back, Some((DeviceStatus::Offline, DeviceStatus::Online)));
-        let state = board.get("a").map(|s| (s.last_seen, s.consecutive_failures));
+        let state = board
+            .get("a")
+            .map(|s| (s.last_seen, s.consecutive_failures));
         assert_eq!(state, Some((Some(5), 0)));
     }
 }

@@ -104,9 +104,13 @@ fn view(s: &AppState, d: &DeviceInfo) -> DeviceView {
         feeder: d.feeder.clone(),
         parent: d.parent.clone(),
         location: d.location.clone(),
-        status: state.as_ref().map(|s| s.status).unwrap_or(DeviceStatus::Unknown),
+        status: state
+            .as_ref()
+            .map(|s| s.status)
+            .unwrap_or(DeviceStatus::Unknown),
         last_seen,
-        last_seen_rfc3339: last_seen.map(|ns| chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339()),
+        last_seen_rfc3339: last_seen
+            .map(|ns| chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339()),
         last_error: state.and_then(|s| s.last_error),
         values_ts: latest.as_ref().map(|r| r.ts),
         values,

@@ -80,11 +80,12 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
         }])
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    load_str(&text, &origin, &base, &[])
+    load_str(&text, &origin, &base, &profile::BUILTIN_PROFILES)
 }
 
 /// Loads a configuration from TOML text; `base` resolves relative `profile_dirs`, and
-/// `extra_profiles` (name, TOML text) are added before the directories are read.
+/// `extra_profiles` (name, TOML text) fill in names that neither the config nor the
+/// directories define.
 pub fn load_str(
     text: &str,
     origin: &str,
@@ -137,12 +138,6 @@ pub fn load_str(
         issues.push(issue(key, "unknown section".to_string()));
     }
 
-    for (name, text) in extra_profiles {
-        let file = format!("<builtin>/{name}.toml");
-        if let Some(p) = parse_profile_file(text, &file, &mut issues) {
-            profiles.entry((*name).to_string()).or_insert(p);
-        }
-    }
     for dir in &daemon.profile_dirs {
         let dir = if dir.is_absolute() {
             dir.clone()
@@ -152,6 +147,12 @@ pub fn load_str(
         load_profile_dir(&dir, &mut profiles, &mut issues);
     }
 
+    for (name, text) in extra_profiles {
+        let file = format!("<builtin>/{name}.toml");
+        if let Some(p) = parse_profile_file(text, &file, &mut issues) {
+            profiles.entry((*name).to_string()).or_insert(p);
+        }
+    }
     let config = Config {
         daemon,
         storage,

@@ -138,3 +138,17 @@ pub enum WordOrder {
     /// Fully little-endian.
     DCBA,
 }
+
+/// Profiles shipped with gridwatch (`config/profiles/`), compiled into the binary so that a
+/// config can name them without `profile_dirs`. A file or inline profile of the same name wins.
+pub const BUILTIN_PROFILES: [(&str, &str); 3] = [
+    (
+        "transformer-monitor",
+        include_str!("../../config/profiles/transformer-monitor.toml"),
+    ),
+    ("sdm630", include_str!("../../config/profiles/sdm630.toml")),
+    (
+        "sunspec203",
+        include_str!("../../config/profiles/sunspec203.toml"),
+    ),
+];

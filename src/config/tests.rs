@@ -33,8 +33,14 @@ interval = "250ms"
     let ep = &loaded.config.modbus.endpoints[0];
     assert_eq!(ep.timeout, std::time::Duration::from_millis(500));
     assert_eq!(ep.max_registers, 125);
-    assert_eq!(loaded.config.devices[0].interval, std::time::Duration::from_millis(250));
-    assert_eq!(loaded.config.devices[0].source_kind(), Some(SourceKind::Modbus));
+    assert_eq!(
+        loaded.config.devices[0].interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(
+        loaded.config.devices[0].source_kind(),
+        Some(SourceKind::Modbus)
+    );
     assert!(loaded.config.storage.influx.is_none());
 }
 
@@ -75,7 +81,10 @@ profile = "tx"
     assert!(keys.contains(&"modbus.endpoints[0].timeout"), "{errors:?}");
     assert!(keys.contains(&"devices[1].colour"), "{errors:?}");
     assert!(keys.contains(&"devices[2].unit_id"), "{errors:?}");
-    let profile = errors.iter().find(|e| e.key == "devices[0].profile").unwrap();
+    let profile = errors
+        .iter()
+        .find(|e| e.key == "devices[0].profile")
+        .unwrap();
     assert_eq!(profile.message, "unknown profile \"tx-basic\"");
     assert!(errors.iter().all(|e| e.file == "test.toml"));
     let shown = errors[0].to_string();

@@ -118,27 +118,41 @@ pub(super) fn validate(
         } else if !seen_ids.insert(dev.id.as_str()) {
             errors.push(at(key("id"), format!("duplicate device id {:?}", dev.id)));
         }
-        if dev.kind.is_empty() || !dev.kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if dev.kind.is_empty()
+            || !dev
+                .kind
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             errors.push(at(
                 key("kind"),
-                format!("expected a word like \"transformer\" or \"meter\", got {:?}", dev.kind),
+                format!(
+                    "expected a word like \"transformer\" or \"meter\", got {:?}",
+                    dev.kind
+                ),
             ));
         }
         if dev.interval.is_zero() {
             errors.push(at(key("interval"), "must be longer than zero".into()));
         }
-        for (k, v) in [("rated_kva", dev.rated_kva), ("nominal_voltage", dev.nominal_voltage)] {
-            if let Some(v) = v {
-                if !(v.is_finite() && v > 0.0) {
-                    errors.push(at(key(k), format!("must be a positive number, got {v}")));
-                }
+        for (k, v) in [
+            ("rated_kva", dev.rated_kva),
+            ("nominal_voltage", dev.nominal_voltage),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0)
+            {
+                errors.push(at(key(k), format!("must be a positive number, got {v}")));
             }
         }
         if let Some(parent) = &dev.parent {
             if !ids.contains(parent.as_str()) {
                 errors.push(at(key("parent"), format!("unknown device {parent:?}")));
             } else if parent == &dev.id {
-                errors.push(at(key("parent"), "a device cannot be its own parent".into()));
+                errors.push(at(
+                    key("parent"),
+                    "a device cannot be its own parent".into(),
+                ));
             }
         }
         match dev.source_kind() {
@@ -167,22 +181,24 @@ pub(super) fn validate(
                         "0 is the broadcast address, which never answers reads".into(),
                     )),
                     Some(unit) => {
-                        if let Some(ep) = &dev.endpoint {
-                            if let Some(other) = seen_units.insert((ep.as_str(), unit), i) {
-                                errors.push(at(
-                                    key("unit_id"),
-                                    format!(
-                                        "unit {unit} on endpoint {ep:?} is already used by devices[{other}]"
-                                    ),
-                                ));
-                            }
+                        if let Some(ep) = &dev.endpoint
+                            && let Some(other) = seen_units.insert((ep.as_str(), unit), i)
+                        {
+                            errors.push(at(
+                                key("unit_id"),
+                                format!(
+                                    "unit {unit} on endpoint {ep:?} is already used by devices[{other}]"
+                                ),
+                            ));
                         }
                     }
                 }
                 match &dev.profile {
                     None => errors.push(at(key("profile"), "required for a Modbus device".into())),
                     Some(name) => match profiles.get(name) {
-                        None => errors.push(at(key("profile"), format!("unknown profile {name:?}"))),
+                        None => {
+                            errors.push(at(key("profile"), format!("unknown profile {name:?}")))
+                        }
                         Some(profile) => {
                             let limits = endpoint
                                 .map(|ep| PlanLimits {
@@ -194,10 +210,10 @@ pub(super) fn validate(
                                     max_gap: profile.max_gap,
                                     ..PlanLimits::default()
                                 });
-                            if checked_profiles.insert(name.as_str()) {
-                                if let Err(e) = CompiledProfile::compile(name, profile, &limits) {
-                                    errors.push(at(format!("profiles.{name}"), e.to_string()));
-                                }
+                            if checked_profiles.insert(name.as_str())
+                                && let Err(e) = CompiledProfile::compile(name, profile, &limits)
+                            {
+                                errors.push(at(format!("profiles.{name}"), e.to_string()));
                             }
                         }
                     },
@@ -208,10 +224,21 @@ pub(super) fn validate(
     if config.devices.is_empty() {
         warnings.push(at("devices".into(), "no devices configured".into()));
     }
-    for (name, _) in profiles {
-        let used = config.devices.iter().any(|d| d.profile.as_deref() == Some(name));
+    let builtin = |name: &str| {
+        super::profile::BUILTIN_PROFILES
+            .iter()
+            .any(|(n, _)| *n == name)
+    };
+    for name in profiles.keys().filter(|n| !builtin(n)) {
+        let used = config
+            .devices
+            .iter()
+            .any(|d| d.profile.as_deref() == Some(name));
         if !used {
-            warnings.push(at(format!("profiles.{name}"), "not used by any device".into()));
+            warnings.push(at(
+                format!("profiles.{name}"),
+                "not used by any device".into(),
+            ));
         }
     }
 }

@@ -66,10 +66,14 @@ impl InfluxWriter {
         };
         let target = match cfg.api {
             InfluxApi::V2 => {
-                let client =
-                    influxdb2::ClientBuilder::with_builder(builder(), base.as_str(), &cfg.org, &cfg.token)
-                        .build()
-                        .map_err(|e| BuildError::Http(e.to_string()))?;
+                let client = influxdb2::ClientBuilder::with_builder(
+                    builder(),
+                    base.as_str(),
+                    &cfg.org,
+                    &cfg.token,
+                )
+                .build()
+                .map_err(|e| BuildError::Http(e.to_string()))?;
                 Target::V2 {
                     client,
                     org: cfg.org.clone(),
@@ -146,7 +150,8 @@ impl InfluxWriter {
 
 /// 4xx means the data itself is refused, except the statuses that mean "not now".
 fn classify(status: u16, text: String) -> WriteError {
-    let retry = !(400..500).contains(&status) || matches!(status, 401 | 403 | 404 | 408 | 413 | 429);
+    let retry =
+        !(400..500).contains(&status) || matches!(status, 401 | 403 | 404 | 408 | 413 | 429);
     if retry {
         WriteError::Retryable(format!("HTTP {status}: {}", text.trim()))
     } else {
@@ -163,10 +168,19 @@ mod tests {
 
     #[test]
     fn classifies_statuses() {
-        assert!(matches!(classify(400, "bad".into()), WriteError::Rejected { status: 400, .. }));
-        assert!(matches!(classify(422, "bad".into()), WriteError::Rejected { .. }));
+        assert!(matches!(
+            classify(400, "bad".into()),
+            WriteError::Rejected { status: 400, .. }
+        ));
+        assert!(matches!(
+            classify(422, "bad".into()),
+            WriteError::Rejected { .. }
+        ));
         for s in [401, 404, 408, 429, 500, 503] {
-            assert!(matches!(classify(s, String::new()), WriteError::Retryable(_)), "{s}");
+            assert!(
+                matches!(classify(s, String::new()), WriteError::Retryable(_)),
+                "{s}"
+            );
         }
     }
 }

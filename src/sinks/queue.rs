@@ -3,8 +3,8 @@
 //! counting) the oldest when full; the disk spool takes its place for zero-loss operation.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -52,7 +52,10 @@ impl BatchQueue {
             while q.len() >= self.max_batches {
                 if let Some(old) = q.pop_front() {
                     self.dropped_points.add(old.points as u64);
-                    tracing::error!(points = old.points, "telemetry queue full, dropped the oldest batch");
+                    tracing::error!(
+                        points = old.points,
+                        "telemetry queue full, dropped the oldest batch"
+                    );
                 }
             }
             q.push_back(Arc::new(batch));

@@ -77,11 +77,12 @@ pub fn spawn(
                         max_bits: ep.max_bits,
                         max_gap: profile_cfg.max_gap,
                     };
-                    let p = CompiledProfile::compile(profile_name, profile_cfg, &limits)
-                        .map_err(|e| ModbusError::Profile {
+                    let p = CompiledProfile::compile(profile_name, profile_cfg, &limits).map_err(
+                        |e| ModbusError::Profile {
                             name: profile_name.clone(),
                             message: e.to_string(),
-                        })?;
+                        },
+                    )?;
                     let p = Arc::new(p);
                     compiled.insert(key, Arc::clone(&p));
                     p

@@ -282,7 +282,9 @@ impl Connection {
             };
             let started = Instant::now();
             let result = tokio::time::timeout(self.cfg.timeout, client.read(unit, req)).await;
-            self.metrics.latency.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .latency
+                .observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(Ok(data)) => {
                     arrived.get_or_insert_with(now_ns);
@@ -296,7 +298,10 @@ impl Connection {
                     partial = true;
                     self.metrics.exceptions.inc();
                     self.count_exception(idx, code);
-                    failure = Some(format!("modbus exception {code:?} reading {:?} {}+{}", req.table, req.start, req.count));
+                    failure = Some(format!(
+                        "modbus exception {code:?} reading {:?} {}+{}",
+                        req.table, req.start, req.count
+                    ));
                 }
                 Ok(Err(ReadError::Transport(e))) => {
                     self.metrics.transport_errors.inc();
@@ -324,7 +329,11 @@ impl Connection {
             ts,
             schema: Arc::clone(&profile.schema),
             values,
-            quality: if complete { Quality::Good } else { Quality::Partial },
+            quality: if complete {
+                Quality::Good
+            } else {
+                Quality::Partial
+            },
         };
         // The pipeline only closes at shutdown; a reading taken then has nowhere to go.
         let _ = self.sender.send(reading).await;
@@ -353,5 +362,7 @@ async fn resolve(address: &str) -> std::io::Result<SocketAddr> {
     tokio::net::lookup_host(address)
         .await?
         .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "address resolved to nothing"))
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "address resolved to nothing")
+        })
 }
