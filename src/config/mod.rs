@@ -116,15 +116,27 @@ pub fn load_str(
     let mut take = |key: &str| root.remove(key);
     let daemon: DaemonConfig = section(take("daemon"), "daemon", origin, &mut issues);
     let storage: StorageConfig = section(take("storage"), "storage", origin, &mut issues);
-    let modbus = take("modbus")
+    let mut broken = Broken::default();
+    let modbus_value = take("modbus");
+    broken.endpoints = raw_names(
+        modbus_value
+            .as_ref()
+            .and_then(|m| m.clone().into_table().ok())
+            .and_then(|mut t| t.remove("endpoints")),
+        "name",
+    );
+    let modbus = modbus_value
         .map(|v| modbus_section(v, origin, &mut issues))
         .unwrap_or_default();
-    let devices = array(take("devices"), "devices", origin, &mut issues);
+    let devices_value = take("devices");
+    broken.devices = raw_names(devices_value.clone(), "id");
+    let devices: Vec<DeviceConfig> = array(devices_value, "devices", origin, &mut issues);
     let mut profiles = BTreeMap::new();
     if let Some(v) = take("profiles") {
         match v.into_table() {
             Ok(table) => {
                 for (name, value) in table {
+                    broken.profiles.insert(name.clone());
                     let key = format!("profiles.{name}");
                     if let Some(p) = element::<ProfileConfig>(value, &key, origin, &mut issues) {
                         profiles.insert(name, p);
@@ -159,8 +171,23 @@ pub fn load_str(
         modbus,
         devices,
     };
+    // Names whose element failed to parse: references to them are not "unknown" as well.
+    for ep in &config.modbus.endpoints {
+        broken.endpoints.remove(&ep.name);
+    }
+    for d in &config.devices {
+        broken.devices.remove(&d.id);
+    }
+    broken.profiles.retain(|p| !profiles.contains_key(p));
     let mut warnings = Vec::new();
-    validate::validate(&config, &profiles, origin, &mut issues, &mut warnings);
+    validate::validate(
+        &config,
+        &profiles,
+        &broken,
+        origin,
+        &mut issues,
+        &mut warnings,
+    );
     if issues.is_empty() {
         Ok(LoadedConfig {
             origin: origin.to_string(),
@@ -233,6 +260,24 @@ pub fn parse_profile_file(
             None
         }
     }
+}
+
+/// Names of elements that were written in the file but failed to deserialize.
+#[derive(Debug, Default)]
+pub(crate) struct Broken {
+    pub endpoints: std::collections::BTreeSet<String>,
+    pub devices: std::collections::BTreeSet<String>,
+    pub profiles: std::collections::BTreeSet<String>,
+}
+
+/// The `key` string of every table in an array value, whether or not the table is valid.
+fn raw_names(value: Option<config::Value>, key: &str) -> std::collections::BTreeSet<String> {
+    value
+        .and_then(|v| v.into_array().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|item| item.into_table().ok()?.remove(key)?.into_string().ok())
+        .collect()
 }
 
 /// Deserializes an optional section, falling back to its default on error (after recording it).

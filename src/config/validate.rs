@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{Config, ConfigIssue, InfluxApi, ProfileConfig, SourceKind};
+use super::{Broken, Config, ConfigIssue, InfluxApi, ProfileConfig, SourceKind};
 use crate::sources::modbus::compiled::CompiledProfile;
 use crate::sources::modbus::planner::PlanLimits;
 
@@ -10,6 +10,7 @@ use crate::sources::modbus::planner::PlanLimits;
 pub(super) fn validate(
     config: &Config,
     profiles: &BTreeMap<String, ProfileConfig>,
+    broken: &Broken,
     origin: &str,
     errors: &mut Vec<ConfigIssue>,
     warnings: &mut Vec<ConfigIssue>,
@@ -146,7 +147,7 @@ pub(super) fn validate(
             }
         }
         if let Some(parent) = &dev.parent {
-            if !ids.contains(parent.as_str()) {
+            if !ids.contains(parent.as_str()) && !broken.devices.contains(parent) {
                 errors.push(at(key("parent"), format!("unknown device {parent:?}")));
             } else if parent == &dev.id {
                 errors.push(at(
@@ -169,7 +170,12 @@ pub(super) fn validate(
                     Some(name) => match endpoints.get(name.as_str()) {
                         Some(&e) => Some(&config.modbus.endpoints[e]),
                         None => {
-                            errors.push(at(key("endpoint"), format!("unknown endpoint {name:?}")));
+                            if !broken.endpoints.contains(name) {
+                                errors.push(at(
+                                    key("endpoint"),
+                                    format!("unknown endpoint {name:?}"),
+                                ));
+                            }
                             None
                         }
                     },

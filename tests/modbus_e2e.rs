@@ -1,0 +1,430 @@
+//! End to end: the real `gridwatch` binary polls the in-process Modbus simulator and writes to
+//! the real stores started by scripts/test.sh; what the store holds is compared with what the
+//! simulator served, value by value.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use common::*;
+use gridwatch_sim::{ModbusSimConfig, ModbusSimHandle, Profile, Served};
+
+/// A running simulator with its own tokio runtime (the test body is blocking code).
+struct Sim {
+    rt: tokio::runtime::Runtime,
+    handle: Option<ModbusSimHandle>,
+}
+
+impl Sim {
+    fn start(transformers: u16, meters: u16) -> Sim {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt
+            .block_on(gridwatch_sim::start_modbus(ModbusSimConfig {
+                transformers,
+                meters,
+                meter_profile: "mixed".into(),
+                record: true,
+                ..ModbusSimConfig::default()
+            }))
+            .unwrap();
+        Sim {
+            rt,
+            handle: Some(handle),
+        }
+    }
+
+    fn h(&self) -> &ModbusSimHandle {
+        self.handle.as_ref().unwrap()
+    }
+
+    /// Makes every unit stop answering, so `served()` no longer grows.
+    fn silence(&self) {
+        for u in self.h().units() {
+            self.h().set_fault(u.unit, gridwatch_sim::Fault::Dead);
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.rt.block_on(h.shutdown());
+        }
+    }
+}
+
+/// Config for the daemon: every simulator unit as a device named `{tag}-{device_id}`.
+fn fleet_config(sim: &Sim, tag: &str, interval: &str, storage: &str, data_dir: &str) -> String {
+    let mut s = format!(
+        r#"
+[daemon]
+data_dir = "{data_dir}"
+http_listen = "127.0.0.1:{port}"
+
+{storage}
+
+[[modbus.endpoints]]
+name = "sim"
+address = "{addr}"
+timeout = "300ms"
+"#,
+        port = free_port(),
+        addr = sim.h().local_addr()
+    );
+    for u in sim.h().units() {
+        s.push_str(&format!(
+            r#"
+[[devices]]
+id = "{tag}-{id}"
+kind = "{kind}"
+site = "Substation 7"
+feeder = "F07, north"
+endpoint = "sim"
+unit_id = {unit}
+profile = "{profile}"
+interval = "{interval}"
+"#,
+            id = u.device_id,
+            kind = u.kind.as_str(),
+            unit = u.unit,
+            profile = u.profile,
+        ));
+    }
+    s
+}
+
+/// What the simulator served, per (device, field), in order: (value, raw integer if any).
+type Expected = BTreeMap<(String, String), Vec<(f64, Option<i64>)>>;
+
+fn expected_from(sim: &Sim, tag: &str, served: &[Served]) -> Expected {
+    let names: HashMap<u8, String> = sim
+        .h()
+        .units()
+        .into_iter()
+        .map(|u| (u.unit, format!("{tag}-{}", u.device_id)))
+        .collect();
+    let mut out = Expected::new();
+    for s in served {
+        let device = &names[&s.unit];
+        let raw: HashMap<&str, i64> = s.raw.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+        for (field, value) in &s.fields {
+            out.entry((device.clone(), field.clone()))
+                .or_default()
+                .push((*value, raw.get(field.as_str()).copied()));
+        }
+    }
+    out
+}
+
+/// Register definition of `field` for the device's profile (the simulator's own parser).
+fn register<'a>(
+    profiles: &'a [Profile],
+    profile: &str,
+    field: &str,
+) -> &'a gridwatch_sim::profile::Register {
+    profiles
+        .iter()
+        .find(|p| p.name == profile)
+        .and_then(|p| p.register(field))
+        .unwrap_or_else(|| panic!("{profile} has no register {field}"))
+}
+
+/// Integer registers compare exactly on the raw value; floats bit for bit (`exact`) or to
+/// VictoriaMetrics' 12 significant digits.
+fn assert_same(
+    what: &str,
+    reg: &gridwatch_sim::profile::Register,
+    stored: f64,
+    served: (f64, Option<i64>),
+    exact: bool,
+) {
+    match served.1 {
+        Some(raw) if reg.data_type.is_integer() => {
+            let sf = reg
+                .scale_factor
+                .as_deref()
+                .map(gridwatch_sim::modbus::scale_factor_value)
+                .unwrap_or(0);
+            let step = reg.scale * 10f64.powi(i32::from(sf));
+            let back = ((stored - reg.offset) / step).round() as i64;
+            assert_eq!(
+                back, raw,
+                "{what}: stored {stored} decodes to raw {back}, simulator served raw {raw}"
+            );
+        }
+        // A scaled float is compared on the register's own value: `raw / 1000` (the daemon)
+        // and `raw * 0.001` (the simulator) may differ in the last bit of the f64.
+        _ if exact && (reg.scale != 1.0 || reg.offset != 0.0) => {
+            let unscale = |v: f64| ((v - reg.offset) / reg.scale) as f32;
+            assert_eq!(
+                unscale(stored),
+                unscale(served.0),
+                "{what}: stored {stored}, served {}",
+                served.0
+            );
+        }
+        _ if exact => assert_eq!(
+            stored.to_bits(),
+            served.0.to_bits(),
+            "{what}: stored {stored}, served {}",
+            served.0
+        ),
+        _ => assert!(
+            approx_eq(stored, served.0),
+            "{what}: stored {stored}, served {}",
+            served.0
+        ),
+    }
+}
+
+/// Runs the fleet for a few seconds, stops the simulator answering, then stops the daemon with
+/// SIGTERM (which flushes) and returns what was served.
+fn run_fleet(sim: &Sim, config: &str) -> Vec<Served> {
+    let dir = Daemon::temp_dir();
+    let path = dir.path().join("gridwatch.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut daemon = Daemon::spawn_in(dir, &["run", "--config", path.to_str().unwrap()], &[]);
+    daemon.wait_for_log("gridwatch running", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(4));
+    sim.silence();
+    // Replies already on the wire still arrive; give them time to land before stopping.
+    std::thread::sleep(Duration::from_millis(800));
+    let served = sim.h().served();
+    let status = daemon.terminate();
+    assert!(
+        status.success(),
+        "daemon exit {status}; log:\n{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+    served
+}
+
+#[test]
+fn victoriametrics_v2_holds_exactly_what_the_simulator_served() {
+    let svc = services();
+    let sim = Sim::start(2, 4);
+    let tag = unique("e2ev2");
+    let storage = format!(
+        r#"[storage.influx]
+url = "{}"
+api = "v2"
+org = "grid"
+bucket = "telemetry"
+flush_interval = "200ms""#,
+        svc.vm_url
+    );
+    let config = fleet_config(&sim, &tag, "500ms", &storage, "/tmp/unused-gw");
+    let served = run_fleet(&sim, &config);
+    let expected = expected_from(&sim, &tag, &served);
+    let profiles = gridwatch_sim::builtin_profiles().unwrap();
+    let units = sim.h().units();
+
+    vm_flush(&svc.vm_url);
+    let series = vm_export(&svc.vm_url, &format!("{{device=~\"{tag}-.*\"}}"));
+    let mut stored: HashMap<(String, String), &VmSeries> = HashMap::new();
+    for s in &series {
+        let device = s.labels["device"].clone();
+        let kind = &s.labels["kind"];
+        let field = s
+            .name
+            .strip_prefix(&format!("{kind}_"))
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            s.labels["site"], "Substation 7",
+            "tag with a space survives escaping"
+        );
+        assert_eq!(
+            s.labels["feeder"], "F07, north",
+            "tag with a comma survives escaping"
+        );
+        stored.insert((device, field), s);
+    }
+    assert!(
+        expected.len() > 60,
+        "too little served: {} series",
+        expected.len()
+    );
+    for ((device, field), want) in &expected {
+        let unit = units
+            .iter()
+            .find(|u| device.ends_with(&u.device_id))
+            .unwrap();
+        let reg = register(&profiles, &unit.profile, field);
+        let got = stored
+            .get(&(device.clone(), field.clone()))
+            .unwrap_or_else(|| panic!("no series for {device} {field}"));
+        assert_eq!(
+            got.values.len(),
+            want.len(),
+            "{device} {field}: point count"
+        );
+        assert!(
+            got.timestamps_ms.windows(2).all(|w| w[0] < w[1]),
+            "{device} {field}: in order"
+        );
+        for (i, (v, w)) in got.values.iter().zip(want).enumerate() {
+            assert_same(&format!("{device} {field}[{i}]"), reg, *v, *w, false);
+        }
+    }
+    assert_eq!(
+        stored.len(),
+        expected.len(),
+        "no series beyond what was served"
+    );
+}
+
+#[test]
+fn influxdb1_v1_holds_exactly_what_the_simulator_served() {
+    let svc = services();
+    let sim = Sim::start(1, 2);
+    let tag = unique("e2ev1");
+    let db = unique("gw_e2e");
+    influx1_create_db(&svc.influx1_url, &db);
+    let storage = format!(
+        r#"[storage.influx]
+url = "{}"
+api = "v1"
+db = "{db}"
+flush_interval = "200ms""#,
+        svc.influx1_url
+    );
+    let config = fleet_config(&sim, &tag, "500ms", &storage, "/tmp/unused-gw");
+    let served = run_fleet(&sim, &config);
+    let expected = expected_from(&sim, &tag, &served);
+    let profiles = gridwatch_sim::builtin_profiles().unwrap();
+    let units = sim.h().units();
+    assert!(
+        expected.len() > 40,
+        "too little served: {} series",
+        expected.len()
+    );
+    for ((device, field), want) in &expected {
+        let unit = units
+            .iter()
+            .find(|u| device.ends_with(&u.device_id))
+            .unwrap();
+        let reg = register(&profiles, &unit.profile, field);
+        let points = influx1_points(&svc.influx1_url, &db, unit.kind.as_str(), field, device);
+        assert_eq!(points.len(), want.len(), "{device} {field}: point count");
+        for (i, ((_, v), w)) in points.iter().zip(want).enumerate() {
+            assert_same(&format!("{device} {field}[{i}]"), reg, *v, *w, true);
+        }
+    }
+}
+
+fn device_status(http: &str, device: &str) -> String {
+    let list: serde_json::Value = http_client()
+        .get(format!("{http}/api/v1/devices"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == device)
+        .map(|d| d["status"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+fn http_client() -> reqwest::blocking::Client {
+    http()
+}
+
+/// Timestamps (ns) of every line of `device` in the daily line-protocol files.
+fn lp_timestamps(dir: &std::path::Path, device: &str) -> Vec<i64> {
+    let mut out = Vec::new();
+    let needle = format!(",device={device},");
+    for entry in std::fs::read_dir(dir.join("telemetry")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines().filter(|l| l.contains(&needle)) {
+            let ts = line.rsplit(' ').next().unwrap().parse::<i64>().unwrap();
+            out.push(ts);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn dead_unit_goes_offline_and_back_while_the_others_keep_their_rate() {
+    let sim = Sim::start(1, 3);
+    let tag = unique("dead");
+    let data = tempfile::tempdir().unwrap();
+    let config = fleet_config(&sim, &tag, "1s", "", data.path().to_str().unwrap());
+    let http = format!(
+        "http://{}",
+        config
+            .lines()
+            .find(|l| l.starts_with("http_listen"))
+            .unwrap()
+            .split('"')
+            .nth(1)
+            .unwrap()
+    );
+    let dir = Daemon::temp_dir();
+    let path = dir.path().join("gridwatch.toml");
+    std::fs::write(&path, &config).unwrap();
+    let mut daemon = Daemon::spawn_in(dir, &["run", "--config", path.to_str().unwrap()], &[]);
+    daemon.wait_for_log("gridwatch running", Duration::from_secs(20));
+    let units = sim.h().units();
+    let dead = &units[1];
+    let dead_id = format!("{tag}-{}", dead.device_id);
+    wait_for("all devices online", Duration::from_secs(10), || {
+        units
+            .iter()
+            .all(|u| device_status(&http, &format!("{tag}-{}", u.device_id)) == "online")
+            .then_some(())
+    });
+
+    let interval = Duration::from_secs(1);
+    let fault_at = std::time::Instant::now();
+    let window_start = now_ns();
+    sim.h().set_fault(dead.unit, gridwatch_sim::Fault::Dead);
+    wait_for("dead unit offline", interval * 3, || {
+        (device_status(&http, &dead_id) == "offline").then_some(())
+    });
+    let offline_after = fault_at.elapsed();
+    // Keep it dead a while longer to measure the others' rate.
+    let window = Duration::from_secs(6);
+    std::thread::sleep(window.saturating_sub(offline_after));
+    let window_end = now_ns();
+    sim.h().clear_fault(dead.unit);
+    wait_for("dead unit back online", interval * 3, || {
+        (device_status(&http, &dead_id) == "online").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = daemon.terminate();
+    assert!(status.success(), "{}", daemon.log());
+
+    let polls_in_window = (window.as_secs_f64() / interval.as_secs_f64()).floor() as usize;
+    for u in units.iter().filter(|u| u.unit != dead.unit) {
+        let id = format!("{tag}-{}", u.device_id);
+        let ts = lp_timestamps(data.path(), &id);
+        let in_window = ts
+            .iter()
+            .filter(|t| **t >= window_start && **t < window_end)
+            .count();
+        assert!(
+            in_window + 1 >= polls_in_window,
+            "{id}: {in_window} samples during the {window:?} outage of a neighbour, expected {polls_in_window}"
+        );
+    }
+    let dead_samples = lp_timestamps(data.path(), &dead_id);
+    let during = dead_samples
+        .iter()
+        .filter(|t| **t > window_start + 400_000_000 && **t < window_end)
+        .count();
+    assert_eq!(during, 0, "no samples stored while the unit was dead");
+    assert!(
+        dead_samples.iter().any(|t| *t > window_end),
+        "samples again after the unit came back"
+    );
+}
