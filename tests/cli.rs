@@ -1,6 +1,8 @@
 //! The command line: `gridwatch check` on good and bad configs, environment overrides, and
 //! the demo serving its fleet.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;

@@ -2,6 +2,8 @@
 //! the real stores started by scripts/test.sh; what the store holds is compared with what the
 //! simulator served, value by value.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
