@@ -430,3 +430,91 @@ fn dead_unit_goes_offline_and_back_while_the_others_keep_their_rate() {
         "samples again after the unit came back"
     );
 }
+
+fn metric(base: &str, name: &str, label: &str) -> f64 {
+    let text = http_client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let lines: Vec<Result<String, std::io::Error>> =
+        text.lines().map(|l| Ok(l.to_string())).collect();
+    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).unwrap();
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && s.labels.values().any(|v| v == label))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[test]
+fn exception_responses_are_counted_and_logged_per_device() {
+    let sim = Sim::start(1, 1);
+    let tag = unique("exc");
+    let data = tempfile::tempdir().unwrap();
+    let config = fleet_config(&sim, &tag, "500ms", "", data.path().to_str().unwrap());
+    let port = config
+        .lines()
+        .find(|l| l.starts_with("http_listen"))
+        .unwrap()
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string();
+    let http = format!("http://127.0.0.1:{port}");
+    let dir = Daemon::temp_dir();
+    let path = dir.path().join("gridwatch.toml");
+    std::fs::write(&path, &config).unwrap();
+    let mut daemon = Daemon::spawn_in(dir, &["run", "--config", path.to_str().unwrap()], &[]);
+    daemon.wait_for_log("gridwatch running", Duration::from_secs(20));
+    let units = sim.h().units();
+    let faulty = format!("{tag}-{}", units[1].device_id);
+    let healthy = format!("{tag}-{}", units[0].device_id);
+    wait_for("online", Duration::from_secs(10), || {
+        (device_status(&http, &faulty) == "online").then_some(())
+    });
+
+    // Exception 4 (server device failure) on every read of the meter.
+    sim.h()
+        .set_fault(units[1].unit, gridwatch_sim::Fault::Exception(4));
+    wait_for("exceptions counted", Duration::from_secs(10), || {
+        (metric(&http, "gridwatch_modbus_device_exceptions_total", &faulty) >= 3.0).then_some(())
+    });
+    wait_for("faulty device offline", Duration::from_secs(5), || {
+        (device_status(&http, &faulty) == "offline").then_some(())
+    });
+    let list: serde_json::Value = http_client()
+        .get(format!("{http}/api/v1/devices/{faulty}"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let err = list["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("exception"), "last_error {err:?}");
+    assert_eq!(
+        device_status(&http, &healthy),
+        "online",
+        "the other unit is unaffected"
+    );
+    assert_eq!(
+        metric(&http, "gridwatch_modbus_device_exceptions_total", &healthy),
+        0.0
+    );
+    assert!(metric(&http, "gridwatch_modbus_exceptions_total", "sim") >= 3.0);
+    let warnings = daemon.log().matches("modbus exception").count();
+    assert!(warnings >= 1, "{}", daemon.log());
+
+    sim.h().clear_fault(units[1].unit);
+    wait_for("back online", Duration::from_secs(5), || {
+        (device_status(&http, &faulty) == "online").then_some(())
+    });
+    assert!(daemon.terminate().success());
+}

@@ -34,6 +34,8 @@ pub struct PolledDevice {
     profile: Arc<CompiledProfile>,
     interval: Duration,
     exceptions: Option<Counter>,
+    /// Set after the first exception of a run of them was logged at warn level.
+    exception_logged: bool,
 }
 
 impl PolledDevice {
@@ -50,6 +52,7 @@ impl PolledDevice {
             profile,
             interval,
             exceptions: None,
+            exception_logged: false,
         }
     }
 }
@@ -338,6 +341,7 @@ impl Connection {
         // The pipeline only closes at shutdown; a reading taken then has nowhere to go.
         let _ = self.sender.send(reading).await;
         if complete {
+            self.devices[idx].exception_logged = false;
             PollOutcome::Complete
         } else {
             PollOutcome::Partial
@@ -354,7 +358,13 @@ impl Connection {
             )
         });
         counter.inc();
-        tracing::debug!(device = %device.info.id, endpoint = %self.cfg.name, exception = ?code, "modbus exception");
+        // One warning per run of exceptions; the counter keeps the full count.
+        if device.exception_logged {
+            tracing::debug!(device = %device.info.id, endpoint = %self.cfg.name, exception = ?code, "modbus exception");
+        } else {
+            device.exception_logged = true;
+            tracing::warn!(device = %device.info.id, endpoint = %self.cfg.name, unit = device.unit, exception = ?code, "modbus exception");
+        }
     }
 }
 
