@@ -31,32 +31,26 @@ enum Target {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The URL does not parse.
-    #[error("storage.influx.url: invalid URL {url:?}: {source}")]
+    #[error("storage.influx.url: invalid URL {url:?}: {reason}")]
     Url {
         /// The configured URL.
         url: String,
         /// Why it does not parse.
-        source: url_error::ParseError,
+        reason: String,
     },
     /// The HTTP client could not be built (TLS setup).
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
 }
 
-/// Re-export of the URL parse error type used by [`BuildError`].
-pub mod url_error {
-    pub use reqwest::Url;
-    /// Why a URL did not parse.
-    pub type ParseError = <Url as std::str::FromStr>::Err;
-}
-
 impl InfluxWriter {
     /// Builds the writer; nothing is sent until the first batch.
     pub fn new(cfg: &InfluxConfig) -> Result<Self, BuildError> {
-        let base = reqwest::Url::parse(&cfg.url).map_err(|source| BuildError::Url {
+        let bad_url = |e: url::ParseError| BuildError::Url {
             url: cfg.url.clone(),
-            source,
-        })?;
+            reason: e.to_string(),
+        };
+        let base = reqwest::Url::parse(&cfg.url).map_err(bad_url)?;
         let builder = || {
             reqwest::Client::builder()
                 .timeout(cfg.timeout)
@@ -81,10 +75,7 @@ impl InfluxWriter {
                 }
             }
             InfluxApi::V1 => {
-                let mut url = base.join("write").map_err(|source| BuildError::Url {
-                    url: cfg.url.clone(),
-                    source,
-                })?;
+                let mut url = base.join("write").map_err(bad_url)?;
                 {
                     let mut q = url.query_pairs_mut();
                     q.append_pair("db", &cfg.db);
