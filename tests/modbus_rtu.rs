@@ -225,8 +225,12 @@ fn influx_rows(
         .collect()
 }
 
-/// Asserts that every stored field value of `unit` is exactly a value the simulator served
-/// for that field no later than the point's timestamp; returns the number of points.
+/// Asserts that every stored field value of `unit` is a value the simulator served for that
+/// field (within the same poll); returns the number of points.
+///
+/// Equal within 1e-12 relative, i.e. a few ulp: gridwatch applies a decimal scale as an
+/// exact division (raw 1822 / 10 = 182.2) where the simulator's record multiplies
+/// (1822 × 0.1 = 182.20000000000002). Any decoding error is many orders of magnitude larger.
 fn assert_stored_equals_served(
     url: &str,
     db: &str,
@@ -241,14 +245,18 @@ fn assert_stored_equals_served(
         for (name, value) in fields {
             let candidates: Vec<f64> = mine
                 .iter()
-                .filter(|s| s.at_ns <= *ts)
+                // A reading is stamped when its first answer arrives; later requests of
+                // the same poll are served a little after that.
+                .filter(|s| s.at_ns <= *ts + 1_000_000_000)
                 .flat_map(|s| s.fields.iter().filter(|(n, _)| n == name).map(|(_, v)| *v))
                 .collect();
             if candidates.is_empty() {
                 continue; // a tag-like column or a computed field
             }
+            let same =
+                |c: &f64| c == value || (c - value).abs() <= 1e-12 * c.abs().max(value.abs());
             assert!(
-                candidates.contains(value),
+                candidates.iter().any(same),
                 "{device} {name} = {value} at {ts} was never served (last served {:?})",
                 candidates.last()
             );
