@@ -328,7 +328,7 @@ impl Shared {
             return false;
         };
         let n = self.counts[usize::from(unit)].load(Ordering::Relaxed) + 1;
-        let corrupt = n % u64::from(every.max(1)) == 0;
+        let corrupt = n.is_multiple_of(u64::from(every.max(1)));
         if corrupt {
             self.corrupted[usize::from(unit)].fetch_add(1, Ordering::Relaxed);
         }
