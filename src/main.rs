@@ -209,10 +209,41 @@ fn print_summary(loaded: &LoadedConfig) {
             .iter()
             .filter(|d| d.endpoint.as_deref() == Some(ep.name.as_str()))
             .count();
-        println!(
-            "modbus endpoint {}: {:?} {} timeout {:?}, {} device(s)",
-            ep.name, ep.transport, ep.address, ep.timeout, n
-        );
+        match ep.transport {
+            config::Transport::Tcp => println!(
+                "modbus endpoint {}: tcp {} timeout {:?}, {} device(s)",
+                ep.name, ep.address, ep.timeout, n
+            ),
+            transport => {
+                let line = match transport {
+                    config::Transport::Rtu => ep
+                        .device
+                        .as_ref()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
+                    _ => ep.address.clone(),
+                };
+                let parity = match ep.parity {
+                    config::Parity::None => 'N',
+                    config::Parity::Even => 'E',
+                    config::Parity::Odd => 'O',
+                };
+                println!(
+                    "modbus endpoint {}: {} {line} {} baud {}{parity}{}, inter-frame gap {:?}, \
+                     timeout {:?} per unit, backoff after {} failure(s) up to {:?}, {} device(s)",
+                    ep.name,
+                    transport.as_str(),
+                    ep.baud,
+                    ep.data_bits,
+                    ep.stop_bits,
+                    ep.frame_gap(),
+                    ep.timeout,
+                    ep.backoff_after(),
+                    ep.backoff_max,
+                    n
+                );
+            }
+        }
     }
     for (name, p) in &loaded.profiles {
         println!(

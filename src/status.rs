@@ -39,6 +39,28 @@ pub struct DeviceState {
     pub last_error: Option<String>,
     /// When the status last changed (ns since epoch).
     pub since: Timestamp,
+    /// Request-level health of a unit on a bus (RTU, RTU over TCP); `None` for others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkHealth>,
+}
+
+/// Per-unit counters of a Modbus unit on a shared bus, since start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LinkHealth {
+    /// Requests sent to the unit (retries included).
+    pub requests: u64,
+    /// Requests that got no answer within the timeout.
+    pub timeouts: u64,
+    /// Answers rejected because their CRC was wrong (never decoded).
+    pub crc_errors: u64,
+    /// Modbus exception answers.
+    pub exceptions: u64,
+    /// Other failures: garbled or mismatched frames, a broken port or socket.
+    pub transport_errors: u64,
+    /// The unit failed `backoff_after` polls in a row and is polled less often.
+    pub backed_off: bool,
+    /// The interval the unit is polled at now (its own, or the backed-off one), ms.
+    pub poll_interval_ms: u64,
 }
 
 /// A status transition, for the event log and alarms.
@@ -74,6 +96,7 @@ impl StatusBoard {
                         consecutive_failures: 0,
                         last_error: None,
                         since: now,
+                        link: None,
                     },
                 )
             })
@@ -132,6 +155,7 @@ impl StatusBoard {
             consecutive_failures: 0,
             last_error: None,
             since: at,
+            link: None,
         });
         let to = f(state);
         if to == state.status {
@@ -146,6 +170,14 @@ impl StatusBoard {
             to,
             at,
         })
+    }
+
+    /// Updates the bus counters of `device` (created at zero on first use).
+    pub fn update_link(&self, device: &str, f: impl FnOnce(&mut LinkHealth)) {
+        let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = map.get_mut(device) {
+            f(state.link.get_or_insert_with(LinkHealth::default));
+        }
     }
 
     /// The state of one device.

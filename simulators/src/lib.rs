@@ -2,14 +2,15 @@
 //!
 //! A [`model::Fleet`] computes what each unit measures as a function of time (daily load
 //! curve, oil thermal lag, energy counters, injected faults); [`modbus`] serves those values
-//! over Modbus TCP through the register maps in [`profile`]; [`scenario`] applies timed
-//! faults. This crate must not depend on the `gridwatch` daemon: its register encoder is an
+//! over Modbus TCP through the register maps in [`profile`], and [`rtu`] over Modbus RTU (a
+//! serial line, or RTU frames over TCP); [`scenario`] applies timed faults. This crate must not depend on the `gridwatch` daemon: its register encoder is an
 //! independent implementation of the profile contract, so end-to-end tests comparing the
 //! two catch bugs that a shared codec would hide.
 
 pub mod modbus;
 pub mod model;
 pub mod profile;
+pub mod rtu;
 pub mod scenario;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 pub use modbus::{ModbusSimConfig, ModbusSimHandle, Served, start_modbus};
 pub use model::{Fault, FleetParams, Phase, UnitInfo, UnitKind, generate};
 pub use profile::{Profile, builtin_profiles};
+pub use rtu::{RtuLine, start_rtu, start_rtu_over_tcp};
 
 /// Errors from starting a simulator.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,15 @@ pub enum SimError {
     /// A unit needs a profile that is not in the configured set.
     #[error("profile {0:?} is not loaded")]
     UnknownProfile(String),
+    /// The serial port could not be opened.
+    #[error("cannot open serial port {port}: {source}")]
+    Serial {
+        /// The device path.
+        port: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The listen socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

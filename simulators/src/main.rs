@@ -1,10 +1,14 @@
 //! `gridwatch-sim`: run the simulators from the command line.
 //!
 //! `gridwatch-sim modbus --listen 127.0.0.1:5020 --transformers 10 --meters 40` serves the
-//! fleet over Modbus TCP until Ctrl-C / SIGTERM. Further transports (`mqtt`, `rtu`,
-//! `rtu-over-tcp`) become further subcommands.
+//! fleet over Modbus TCP until Ctrl-C / SIGTERM.
+//! `gridwatch-sim rtu --port /dev/pts/N --baud 9600 ...` serves the same fleet as RTU units
+//! on a serial line (e.g. one end of `socat -d -d pty,raw,echo=0 pty,raw,echo=0`), and
+//! `gridwatch-sim rtu-over-tcp --listen 127.0.0.1:5021 ...` as raw RTU frames over TCP.
 
 use std::{net::SocketAddr, path::PathBuf};
+
+use gridwatch_sim::{ModbusSimHandle, RtuLine, start_rtu, start_rtu_over_tcp};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -26,6 +30,10 @@ struct Cli {
 enum Command {
     /// Serve transformers and meters over Modbus TCP (one unit id per device).
     Modbus(ModbusArgs),
+    /// Serve them as Modbus RTU units on a serial line (all units on one bus).
+    Rtu(RtuArgs),
+    /// Serve them as raw RTU frames over TCP, like a serial-to-Ethernet converter.
+    RtuOverTcp(RtuOverTcpArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -33,6 +41,57 @@ struct ModbusArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:5020")]
     listen: SocketAddr,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RtuArgs {
+    /// Serial device, e.g. /dev/ttyUSB0 or a pty from socat.
+    #[arg(long)]
+    port: PathBuf,
+    #[command(flatten)]
+    line: LineArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct RtuOverTcpArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5021")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    line: LineArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct LineArgs {
+    /// Baud rate of the simulated bus.
+    #[arg(long, default_value_t = 9600)]
+    baud: u32,
+    /// Bits per character (11 for 8E1/8O1/8N2, 10 for 8N1).
+    #[arg(long, default_value_t = 11)]
+    bits_per_char: u32,
+    /// Answer at once instead of after the wire time of request + answer at --baud.
+    #[arg(long)]
+    no_pace: bool,
+}
+
+impl LineArgs {
+    fn line(&self) -> RtuLine {
+        RtuLine {
+            baud: self.baud,
+            bits_per_char: self.bits_per_char,
+            pace: !self.no_pace,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct FleetArgs {
     /// Number of transformers (unit ids 1..=T).
     #[arg(long, default_value_t = 10)]
     transformers: u16,
@@ -51,7 +110,8 @@ struct ModbusArgs {
     /// Transformer rating (kVA).
     #[arg(long, default_value_t = 630.0)]
     rated_kva: f64,
-    /// Fault from the start, UNIT:KIND[:ARG], e.g. 3:dead, 4:phase_loss:b, 5:exception:4.
+    /// Fault from the start, UNIT:KIND[:ARG], e.g. 3:dead, 4:phase_loss:b, 5:exception:4,
+    /// 6:bad_crc:3 (every 3rd RTU answer with a bad CRC).
     #[arg(long = "fault", value_parser = parse_fault)]
     faults: Vec<(u8, Fault)>,
     /// TOML file of timed faults (`[[faults]] unit, kind, at, for, phase, code`).
@@ -81,35 +141,78 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Modbus(args) => run_modbus(args).await,
+        Command::Rtu(args) => run_rtu(args).await,
+        Command::RtuOverTcp(args) => run_rtu_over_tcp(args).await,
     }
 }
 
 async fn run_modbus(args: ModbusArgs) -> anyhow::Result<()> {
-    let scenario = match &args.scenario {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading scenario {}", path.display()))?;
-            Scenario::parse(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        None => Scenario::default(),
-    };
-    let sim = start_modbus(ModbusSimConfig {
-        listen: args.listen,
-        transformers: args.transformers,
-        meters: args.meters,
-        meter_profile: args.meter_profile,
-        seed: args.seed,
-        profiles: builtin_profiles().context("shipped profiles")?,
-        record: false,
-        nominal_voltage: args.nominal_voltage,
-        rated_kva: args.rated_kva,
-    })
-    .await?;
-    for (unit, fault) in &args.faults {
-        sim.set_fault(*unit, *fault);
+    let fleet = args.fleet;
+    let scenario = fleet.scenario()?;
+    let sim = start_modbus(fleet.config(args.listen)?).await?;
+    println!("gridwatch-sim modbus listening on {}", sim.local_addr());
+    serve(sim, &fleet, scenario).await
+}
+
+async fn run_rtu(args: RtuArgs) -> anyhow::Result<()> {
+    let fleet = args.fleet;
+    let scenario = fleet.scenario()?;
+    let line = args.line.line();
+    let cfg = fleet.config(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let sim = start_rtu(cfg, &args.port, line).await?;
+    println!(
+        "gridwatch-sim rtu on {} at {} baud",
+        args.port.display(),
+        line.baud
+    );
+    serve(sim, &fleet, scenario).await
+}
+
+async fn run_rtu_over_tcp(args: RtuOverTcpArgs) -> anyhow::Result<()> {
+    let fleet = args.fleet;
+    let scenario = fleet.scenario()?;
+    let line = args.line.line();
+    let sim = start_rtu_over_tcp(fleet.config(args.listen)?, line).await?;
+    println!(
+        "gridwatch-sim rtu-over-tcp listening on {} (bus at {} baud)",
+        sim.local_addr(),
+        line.baud
+    );
+    serve(sim, &fleet, scenario).await
+}
+
+impl FleetArgs {
+    fn scenario(&self) -> anyhow::Result<Scenario> {
+        Ok(match &self.scenario {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading scenario {}", path.display()))?;
+                Scenario::parse(&text).with_context(|| format!("in {}", path.display()))?
+            }
+            None => Scenario::default(),
+        })
     }
 
-    println!("gridwatch-sim modbus listening on {}", sim.local_addr());
+    fn config(&self, listen: SocketAddr) -> anyhow::Result<ModbusSimConfig> {
+        Ok(ModbusSimConfig {
+            listen,
+            transformers: self.transformers,
+            meters: self.meters,
+            meter_profile: self.meter_profile.clone(),
+            seed: self.seed,
+            profiles: builtin_profiles().context("shipped profiles")?,
+            record: false,
+            nominal_voltage: self.nominal_voltage,
+            rated_kva: self.rated_kva,
+        })
+    }
+}
+
+/// Injects the start-up faults, prints the unit table and serves until Ctrl-C / SIGTERM.
+async fn serve(sim: ModbusSimHandle, fleet: &FleetArgs, scenario: Scenario) -> anyhow::Result<()> {
+    for (unit, fault) in &fleet.faults {
+        sim.set_fault(*unit, *fault);
+    }
     println!(
         "{:>4}  {:<11}  {:<19}  {:<9}  {:>6}",
         "unit", "kind", "profile", "device", "parent"

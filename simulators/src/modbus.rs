@@ -300,10 +300,12 @@ fn read(
 
 /// State shared by all connections and the handle.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     fleet: Mutex<Fleet>,
     images: Vec<UnitImage>,
     counts: Vec<AtomicU64>,
+    /// RTU answers sent with a corrupted CRC, per unit id.
+    pub(crate) corrupted: Vec<AtomicU64>,
     record: bool,
     served: Mutex<Vec<Served>>,
 }
@@ -314,7 +316,32 @@ impl Shared {
         self.fleet.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn handle(&self, req: SlaveRequest<'static>) -> Result<Option<Response>, ExceptionCode> {
+    /// True when `unit` is simulated (on a bus, other unit ids get no answer at all).
+    pub(crate) fn knows(&self, unit: u8) -> bool {
+        self.fleet().unit(unit).is_some()
+    }
+
+    /// True when the next answer of `unit` must carry a bad CRC ([`Fault::BadCrc`]); counts
+    /// it. Call before [`Shared::handle`] for that request.
+    pub(crate) fn corrupt_next(&self, unit: u8) -> bool {
+        let Some(Fault::BadCrc(every)) = self.fleet().fault(unit) else {
+            return false;
+        };
+        let n = self.counts[usize::from(unit)].load(Ordering::Relaxed) + 1;
+        let corrupt = n.is_multiple_of(u64::from(every.max(1)));
+        if corrupt {
+            self.corrupted[usize::from(unit)].fetch_add(1, Ordering::Relaxed);
+        }
+        corrupt
+    }
+
+    /// Answers one request; `record` false keeps it out of [`ModbusSimHandle::served`] (an
+    /// answer that will be corrupted on the wire was never served).
+    pub(crate) fn handle(
+        &self,
+        req: SlaveRequest<'static>,
+        record: bool,
+    ) -> Result<Option<Response>, ExceptionCode> {
         let unit = req.slave;
         self.counts[usize::from(unit)].fetch_add(1, Ordering::Relaxed);
         let mut fleet = self.fleet();
@@ -344,7 +371,7 @@ impl Shared {
         drop(fleet);
         let image = &self.images[usize::from(unit) - 1];
         let result = read(image, table, addr, qty, &q)?;
-        if self.record {
+        if self.record && record {
             let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
             served.push(Served {
                 unit,
@@ -373,21 +400,21 @@ impl tokio_modbus::server::Service for SimService {
     type Future = future::Ready<Result<Self::Response, Self::Exception>>;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        future::ready(self.shared.handle(req))
+        future::ready(self.shared.handle(req, true))
     }
 }
 
-/// A running Modbus TCP simulator.
+/// A running Modbus simulator (TCP, RTU on a serial line, or RTU over TCP).
 #[derive(Debug)]
 pub struct ModbusSimHandle {
-    shared: Arc<Shared>,
-    local_addr: SocketAddr,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) task: JoinHandle<()>,
 }
 
-/// Binds `cfg.listen` and starts serving all units; returns once the socket is bound.
-pub async fn start_modbus(cfg: ModbusSimConfig) -> Result<ModbusSimHandle, SimError> {
+/// Builds the fleet and the register images of `cfg` (shared by every transport).
+pub(crate) fn build_shared(cfg: ModbusSimConfig) -> Result<Arc<Shared>, SimError> {
     let fleet = Fleet::new(FleetParams {
         transformers: cfg.transformers,
         meters: cfg.meters,
@@ -411,23 +438,30 @@ pub async fn start_modbus(cfg: ModbusSimConfig) -> Result<ModbusSimHandle, SimEr
                 .ok_or_else(|| SimError::UnknownProfile(info.profile.clone()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| SimError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| SimError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
-    let shared = Arc::new(Shared {
+    Ok(Arc::new(Shared {
         fleet: Mutex::new(fleet),
         images,
         counts: (0..256).map(|_| AtomicU64::new(0)).collect(),
+        corrupted: (0..256).map(|_| AtomicU64::new(0)).collect(),
         record: cfg.record,
         served: Mutex::new(Vec::new()),
-    });
+    }))
+}
+
+/// Binds `cfg.listen` and starts serving all units; returns once the socket is bound.
+pub async fn start_modbus(cfg: ModbusSimConfig) -> Result<ModbusSimHandle, SimError> {
+    let listen = cfg.listen;
+    let shared = build_shared(cfg)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| SimError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| SimError::Bind {
+        addr: listen,
+        source,
+    })?;
     let cancel = CancellationToken::new();
     let task = {
         let shared = shared.clone();
@@ -462,7 +496,8 @@ pub async fn start_modbus(cfg: ModbusSimConfig) -> Result<ModbusSimHandle, SimEr
 }
 
 impl ModbusSimHandle {
-    /// The bound address (the real port when `listen` used port 0).
+    /// The bound address (the real port when `listen` used port 0); `0.0.0.0:0` for a
+    /// simulator on a serial line.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -506,6 +541,11 @@ impl ModbusSimHandle {
     /// Requests received for `unit`, answered or not (any unit id, known or not).
     pub fn request_count(&self, unit: u8) -> u64 {
         self.shared.counts[usize::from(unit)].load(Ordering::Relaxed)
+    }
+
+    /// RTU answers of `unit` sent with a corrupted CRC ([`Fault::BadCrc`]).
+    pub fn corrupted_count(&self, unit: u8) -> u64 {
+        self.shared.corrupted[usize::from(unit)].load(Ordering::Relaxed)
     }
 
     /// Stops accepting connections, closes the open ones and waits for the server task.

@@ -79,6 +79,9 @@ pub enum Fault {
     Dead,
     /// Every request is answered with this Modbus exception code.
     Exception(u8),
+    /// RTU transports: every n-th answer of the unit (1 = every one) goes out with a
+    /// corrupted byte, so its CRC does not match. No effect on Modbus TCP, which has no CRC.
+    BadCrc(u8),
 }
 
 impl Fault {
@@ -95,7 +98,7 @@ impl Fault {
 impl std::str::FromStr for Fault {
     type Err = String;
     /// Parses `kind[:arg]`: `over_temperature`, `overload`, `under_voltage`, `over_voltage`,
-    /// `phase_loss:b`, `dead`, `exception:4` (decimal or `0x0B`).
+    /// `phase_loss:b`, `dead`, `exception:4` (decimal or `0x0B`), `bad_crc[:n]` (RTU only).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (kind, arg) = match s.split_once(':') {
             Some((k, a)) => (k, Some(a)),
@@ -123,6 +126,15 @@ impl std::str::FromStr for Fault {
                 }
                 .map_err(|e| format!("bad exception code {a:?}: {e}"))?;
                 Ok(Fault::Exception(code))
+            }
+            "bad_crc" => {
+                let every = match arg {
+                    None => 1,
+                    Some(a) => a.parse::<u8>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        format!("bad_crc takes 1..=255 (every n-th answer), got {a:?}")
+                    })?,
+                };
+                Ok(Fault::BadCrc(every))
             }
             other => Err(format!("unknown fault kind {other:?}")),
         }

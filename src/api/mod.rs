@@ -73,6 +73,10 @@ pub struct DeviceView {
     pub last_seen_rfc3339: Option<String>,
     /// The last error while the device is failing.
     pub last_error: Option<String>,
+    /// Bus health of a unit on an RTU or RTU-over-TCP endpoint (requests, timeouts, CRC
+    /// errors, exceptions, backoff).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<crate::status::LinkHealth>,
     /// Timestamp of `values`, ns since epoch.
     pub values_ts: Option<Timestamp>,
     /// Latest value of each field.
@@ -111,6 +115,7 @@ fn view(s: &AppState, d: &DeviceInfo) -> DeviceView {
         last_seen,
         last_seen_rfc3339: last_seen
             .map(|ns| chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339()),
+        link: state.as_ref().and_then(|s| s.link.clone()),
         last_error: state.and_then(|s| s.last_error),
         values_ts: latest.as_ref().map(|r| r.ts),
         values,

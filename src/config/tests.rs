@@ -147,3 +147,32 @@ type = "f33"
     assert_eq!(issues[0].file, "profiles/bad.toml");
     assert_eq!(issues[0].key, "registers[0].type");
 }
+
+#[test]
+fn bus_endpoints_are_validated_per_transport() {
+    let text = r#"
+[[modbus.endpoints]]
+name = "bus"
+transport = "rtu"
+address = "127.0.0.1:502"
+max_in_flight = 2
+stop_bits = 3
+
+[[modbus.endpoints]]
+name = "conv"
+transport = "rtu-over-tcp"
+baud = 10
+"#;
+    let errors = load_text(text).unwrap_err().0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    for expected in [
+        "modbus.endpoints[0].device",
+        "modbus.endpoints[0].address",
+        "modbus.endpoints[0].max_in_flight",
+        "modbus.endpoints[0].stop_bits",
+        "modbus.endpoints[1].address",
+        "modbus.endpoints[1].baud",
+    ] {
+        assert!(keys.contains(&expected), "missing {expected} in {errors:?}");
+    }
+}

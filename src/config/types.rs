@@ -158,19 +158,88 @@ pub enum Transport {
     /// Modbus TCP (MBAP framing).
     #[default]
     Tcp,
+    /// Modbus RTU on a serial line (RS-485 bus): `device`, `baud`, `parity`, ...
+    Rtu,
+    /// RTU frames (with CRC) over a TCP socket, as serial-to-Ethernet converters pass them.
+    RtuOverTcp,
 }
 
-/// `[[modbus.endpoints]]`: one Modbus TCP gateway or device.
+impl Transport {
+    /// True for transports that reach a shared serial bus: strictly one request at a time,
+    /// with the inter-frame silence and per-unit backoff of a bus.
+    pub fn is_bus(self) -> bool {
+        matches!(self, Transport::Rtu | Transport::RtuOverTcp)
+    }
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Rtu => "rtu",
+            Transport::RtuOverTcp => "rtu-over-tcp",
+        }
+    }
+}
+
+/// Serial parity bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    /// No parity bit (the spec then asks for 2 stop bits; many meters use 1 anyway).
+    None,
+    /// Even parity, the Modbus serial line default (Modbus over Serial Line V1.02 §2.5.1).
+    #[default]
+    Even,
+    /// Odd parity.
+    Odd,
+}
+
+/// `[[modbus.endpoints]]`: one Modbus TCP gateway or device, one RS-485 bus (`rtu`), or one
+/// serial-to-Ethernet converter passing RTU frames (`rtu-over-tcp`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// Name the devices refer to with `endpoint = "..."`.
     pub name: String,
-    /// `host:port` of the gateway or device.
+    /// `host:port` of the gateway or device (`tcp`, `rtu-over-tcp`; not used by `rtu`).
+    #[serde(default)]
     pub address: String,
-    /// `tcp` (default).
+    /// `tcp` (default), `rtu` or `rtu-over-tcp`.
     #[serde(default)]
     pub transport: Transport,
+    /// `rtu`: serial device path, e.g. `/dev/ttyUSB0`.
+    #[serde(default)]
+    pub device: Option<PathBuf>,
+    /// `rtu`: baud rate; `rtu-over-tcp`: the baud rate of the bus behind the converter, used
+    /// for the inter-frame silence.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// `rtu`: `none`, `even` (default, the Modbus serial default) or `odd`.
+    #[serde(default)]
+    pub parity: Parity,
+    /// `rtu`: data bits, 7 or 8 (Modbus RTU uses 8).
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// `rtu`: stop bits, 1 or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Bus transports: silence between the end of one frame and the next request. Default:
+    /// 3.5 character times at `baud`, and 1.75 ms above 19200 baud (Modbus over Serial Line
+    /// V1.02 §2.5.1.1).
+    #[serde(default, with = "humantime_serde")]
+    pub inter_frame_delay: Option<Duration>,
+    /// Consecutive failed polls after which a unit is backed off (polled less often so it
+    /// stops eating bus time); 0 = never. Default: 3 on bus transports, 0 on `tcp`.
+    #[serde(default)]
+    pub backoff_after: Option<u32>,
+    /// Longest poll interval of a backed-off unit; it doubles from the unit's interval up to
+    /// this, and is back to normal after the first answer.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Bus transports: immediate retries of a request whose answer failed its CRC check
+    /// (line noise); a timeout is never retried within a poll.
+    #[serde(default = "default_crc_retries")]
+    pub crc_retries: u32,
     /// How long to wait for one response.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -196,6 +265,54 @@ pub struct EndpointConfig {
     /// Consecutive failed polls after which a device is `offline` (after one it is `degraded`).
     #[serde(default = "default_offline_after")]
     pub offline_after: u32,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+
+fn default_data_bits() -> u8 {
+    8
+}
+
+fn default_stop_bits() -> u8 {
+    1
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_crc_retries() -> u32 {
+    1
+}
+
+impl EndpointConfig {
+    /// Bits on the wire per character: start, data, parity, stop.
+    pub fn bits_per_char(&self) -> u32 {
+        let parity = u32::from(self.parity != Parity::None);
+        1 + u32::from(self.data_bits) + parity + u32::from(self.stop_bits)
+    }
+
+    /// The silence kept between frames on a bus: `inter_frame_delay`, or 3.5 character
+    /// times, at least 1.75 ms above 19200 baud (Modbus over Serial Line V1.02 §2.5.1.1).
+    pub fn frame_gap(&self) -> Duration {
+        if let Some(d) = self.inter_frame_delay {
+            return d;
+        }
+        if self.baud > 19200 {
+            return Duration::from_micros(1750);
+        }
+        let micros =
+            (u64::from(self.bits_per_char()) * 3_500_000).div_ceil(u64::from(self.baud.max(1)));
+        Duration::from_micros(micros)
+    }
+
+    /// Failed polls after which a unit is backed off (0 = never).
+    pub fn backoff_after(&self) -> u32 {
+        self.backoff_after
+            .unwrap_or(if self.transport.is_bus() { 3 } else { 0 })
+    }
 }
 
 fn default_timeout() -> Duration {

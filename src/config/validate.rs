@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{Broken, Config, ConfigIssue, InfluxApi, ProfileConfig, SourceKind};
+use super::{Broken, Config, ConfigIssue, InfluxApi, ProfileConfig, SourceKind, Transport};
 use crate::sources::modbus::compiled::CompiledProfile;
 use crate::sources::modbus::planner::PlanLimits;
 
@@ -78,11 +78,64 @@ pub(super) fn validate(
                 format!("duplicate endpoint name {:?}", ep.name),
             ));
         }
-        if !valid_host_port(&ep.address) {
-            errors.push(at(
-                key("address"),
-                format!("expected host:port, got {:?}", ep.address),
-            ));
+        match ep.transport {
+            Transport::Tcp | Transport::RtuOverTcp => {
+                if ep.address.is_empty() {
+                    errors.push(at(
+                        key("address"),
+                        format!("required with transport = {:?}", ep.transport.as_str()),
+                    ));
+                } else if !valid_host_port(&ep.address) {
+                    errors.push(at(
+                        key("address"),
+                        format!("expected host:port, got {:?}", ep.address),
+                    ));
+                }
+                if ep.transport == Transport::Tcp && ep.device.is_some() {
+                    errors.push(at(
+                        key("device"),
+                        "only used with transport = \"rtu\"".into(),
+                    ));
+                }
+            }
+            Transport::Rtu => {
+                if ep.device.as_ref().is_none_or(|d| d.as_os_str().is_empty()) {
+                    errors.push(at(
+                        key("device"),
+                        "required with transport = \"rtu\" (a serial device such as /dev/ttyUSB0)"
+                            .into(),
+                    ));
+                }
+                if !ep.address.is_empty() {
+                    errors.push(at(
+                        key("address"),
+                        "not used with transport = \"rtu\" (set `device`)".into(),
+                    ));
+                }
+                if !(7..=8).contains(&ep.data_bits) {
+                    errors.push(at(key("data_bits"), "must be 7 or 8".into()));
+                }
+                if !(1..=2).contains(&ep.stop_bits) {
+                    errors.push(at(key("stop_bits"), "must be 1 or 2".into()));
+                }
+            }
+        }
+        if ep.transport.is_bus() {
+            if !(300..=4_000_000).contains(&ep.baud) {
+                errors.push(at(
+                    key("baud"),
+                    format!("must be 300 to 4000000, got {}", ep.baud),
+                ));
+            }
+            if ep.max_in_flight > 1 {
+                errors.push(at(
+                    key("max_in_flight"),
+                    "an RS-485 bus carries one request at a time; must be 1".into(),
+                ));
+            }
+            if ep.backoff_max.is_zero() {
+                errors.push(at(key("backoff_max"), "must be longer than zero".into()));
+            }
         }
         if ep.timeout.is_zero() {
             errors.push(at(key("timeout"), "must be longer than zero".into()));

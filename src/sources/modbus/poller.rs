@@ -6,6 +6,14 @@
 //! counted as missed. A request that times out costs only its own `timeout`: the device's
 //! remaining requests are skipped and the connection is re-opened before the next poll,
 //! because tokio-modbus would otherwise read the late answer as the reply to the next request.
+//!
+//! A bus endpoint (RTU on a serial line, RTU over TCP) is one connection = one bus: strictly
+//! one request at a time, with the inter-frame silence kept before every request. The heap is
+//! the bus's fair queue: the unit whose poll has been due longest goes first, ties in the
+//! order they were queued, so no unit id is favoured. A timeout costs only that unit's
+//! timeout: the link is kept (stray bytes are discarded before the next request), a CRC error
+//! is retried at once (`crc_retries`), and a unit that fails `backoff_after` polls in a row is
+//! polled at a doubling interval up to `backoff_max` until it answers again.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -16,13 +24,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::EndpointConfig;
+use crate::config::{EndpointConfig, Transport};
 use crate::metrics::{Counter, Histogram, Registry};
 use crate::model::{DeviceInfo, Quality, Reading, now_ns};
 use crate::pipeline::ReadingSender;
 use crate::sinks::Backoff;
-use crate::status::{DeviceStatus, StatusBoard};
+use crate::status::{DeviceStatus, LinkHealth, StatusBoard};
 
+use super::client::bus::LineFault;
 use super::client::{ReadData, ReadError, ReadOnlyClient};
 use super::compiled::CompiledProfile;
 use super::decode;
@@ -36,6 +45,66 @@ pub struct PolledDevice {
     exceptions: Option<Counter>,
     /// Set after the first exception of a run of them was logged at warn level.
     exception_logged: bool,
+    /// Failed polls in a row.
+    failures: u32,
+    /// Per-unit request counters (bus endpoints only).
+    unit_metrics: Option<UnitMetrics>,
+}
+
+/// Per-unit request outcomes on a bus, for `/metrics`.
+struct UnitMetrics {
+    ok: Counter,
+    timeout: Counter,
+    crc_error: Counter,
+    exception: Counter,
+    transport_error: Counter,
+}
+
+impl UnitMetrics {
+    fn new(r: &Registry, endpoint: &str, unit: u8, device: &str) -> Self {
+        let unit = unit.to_string();
+        let c = |result: &str| {
+            r.counter(
+                "gridwatch_modbus_unit_requests_total",
+                "Requests to one unit on a bus, by outcome (ok, timeout, crc_error, exception, transport_error).",
+                &[
+                    ("endpoint", endpoint),
+                    ("unit", &unit),
+                    ("device", device),
+                    ("result", result),
+                ],
+            )
+        };
+        UnitMetrics {
+            ok: c("ok"),
+            timeout: c("timeout"),
+            crc_error: c("crc_error"),
+            exception: c("exception"),
+            transport_error: c("transport_error"),
+        }
+    }
+}
+
+/// How one request on the bus ended, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestResult {
+    Ok,
+    Timeout,
+    Crc,
+    Exception,
+    Transport,
+}
+
+/// The next poll interval of a unit that failed `failures` polls in a row: its own interval
+/// until `after` failures, then doubling per further failure up to `max` (never below the
+/// unit's own interval). `after == 0` disables backoff.
+pub fn backoff_interval(interval: Duration, failures: u32, after: u32, max: Duration) -> Duration {
+    if after == 0 || failures < after {
+        return interval;
+    }
+    let doublings = (failures - after + 1).min(20);
+    let backed = interval.saturating_mul(1 << doublings);
+    backed.min(max.max(interval))
 }
 
 impl PolledDevice {
@@ -53,6 +122,8 @@ impl PolledDevice {
             interval,
             exceptions: None,
             exception_logged: false,
+            failures: 0,
+            unit_metrics: None,
         }
     }
 }
@@ -68,6 +139,10 @@ struct Metrics {
     connects_ok: Counter,
     connects_failed: Counter,
     latency: Histogram,
+    crc_errors: Counter,
+    crc_retries: Counter,
+    backoffs: Counter,
+    backed_off: crate::metrics::Gauge,
 }
 
 impl Metrics {
@@ -118,6 +193,26 @@ impl Metrics {
                 "Round trip of one Modbus read.",
                 &l,
             ),
+            crc_errors: r.counter(
+                "gridwatch_modbus_crc_errors_total",
+                "Bus answers rejected because their CRC was wrong (never decoded as data).",
+                &l,
+            ),
+            crc_retries: r.counter(
+                "gridwatch_modbus_crc_retries_total",
+                "Requests sent again after an answer with a bad CRC.",
+                &l,
+            ),
+            backoffs: r.counter(
+                "gridwatch_modbus_unit_backoffs_total",
+                "Times a unit was backed off after failing backoff_after polls in a row.",
+                &l,
+            ),
+            backed_off: r.gauge(
+                "gridwatch_modbus_units_backed_off",
+                "Units currently polled at a backed-off interval.",
+                &l,
+            ),
         }
     }
 }
@@ -134,12 +229,20 @@ pub struct Connection {
     client: Option<ReadOnlyClient>,
     next_connect: Instant,
     backoff: Backoff,
+    /// Bus endpoints: when the line last went quiet (end of an answer or of a timeout).
+    line_quiet_since: Option<Instant>,
 }
 
 enum PollOutcome {
     Complete,
     Partial,
-    Failed(String),
+    /// No data; `answered` when the unit did answer (with exceptions only).
+    Failed {
+        error: String,
+        answered: bool,
+    },
+    /// The endpoint itself could not be reached (not the unit's fault).
+    Unreachable(String),
 }
 
 impl Connection {
@@ -154,6 +257,14 @@ impl Connection {
     ) -> Self {
         let metrics = Metrics::new(registry, &cfg.name);
         let backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
+        let mut devices = devices;
+        if cfg.transport.is_bus() {
+            for d in &mut devices {
+                d.unit_metrics = Some(UnitMetrics::new(registry, &cfg.name, d.unit, &d.info.id));
+                let interval_ms = d.interval.as_millis() as u64;
+                status.update_link(&d.info.id, |l| l.poll_interval_ms = interval_ms);
+            }
+        }
         Connection {
             cfg,
             lane,
@@ -165,6 +276,7 @@ impl Connection {
             client: None,
             next_connect: Instant::now(),
             backoff,
+            line_quiet_since: None,
         }
     }
 
@@ -172,14 +284,17 @@ impl Connection {
     pub async fn run(mut self, cancel: CancellationToken) {
         let start = Instant::now();
         let mut heap = BinaryHeap::with_capacity(self.devices.len());
+        // Queue order among equal due times: first queued, first served (fair across units).
+        let mut seq: u64 = 0;
         let n = self.devices.len().max(1) as u32;
         for (i, d) in self.devices.iter().enumerate() {
             // Spread first polls over the interval so a gateway is not hit by a burst.
             let phase = d.interval / n * (i as u32 % n);
-            heap.push(Reverse((start + phase, i)));
+            heap.push(Reverse((start + phase, seq, i)));
+            seq += 1;
         }
-        tracing::info!(endpoint = %self.cfg.name, lane = self.lane, devices = self.devices.len(), "modbus connection started");
-        while let Some(Reverse((due, idx))) = heap.pop() {
+        tracing::info!(endpoint = %self.cfg.name, transport = self.cfg.transport.as_str(), lane = self.lane, devices = self.devices.len(), "modbus connection started");
+        while let Some(Reverse((due, _, idx))) = heap.pop() {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(due) => {}
@@ -188,20 +303,37 @@ impl Connection {
                 _ = cancel.cancelled() => break,
                 _ = self.poll(idx) => {}
             }
-            let interval = self.devices[idx].interval;
-            let mut next = due + interval;
+            let d = &self.devices[idx];
+            let after = self.cfg.backoff_after();
+            let interval = backoff_interval(d.interval, d.failures, after, self.cfg.backoff_max);
             let now = Instant::now();
-            while next <= now {
-                self.metrics.missed.inc();
-                next += interval;
-            }
-            heap.push(Reverse((next, idx)));
+            let next = if interval > d.interval {
+                // Backed off: the unit waits out its longer interval from now, not from its
+                // old grid, and the polls it skips are not "missed".
+                now + interval
+            } else {
+                let mut next = due + interval;
+                while next <= now {
+                    self.metrics.missed.inc();
+                    next += interval;
+                }
+                next
+            };
+            heap.push(Reverse((next, seq, idx)));
+            seq += 1;
         }
         tracing::info!(endpoint = %self.cfg.name, lane = self.lane, "modbus connection stopped");
     }
 
     async fn poll(&mut self, idx: usize) {
         let outcome = self.poll_device(idx).await;
+        match &outcome {
+            PollOutcome::Failed {
+                answered: false, ..
+            } => self.track_backoff(idx, true),
+            PollOutcome::Unreachable(_) => {}
+            _ => self.track_backoff(idx, false),
+        }
         let device = &self.devices[idx];
         let at = now_ns();
         let change = match &outcome {
@@ -213,7 +345,7 @@ impl Connection {
                 self.metrics.polls_partial.inc();
                 self.status.success(&device.info.id, at, false)
             }
-            PollOutcome::Failed(err) => {
+            PollOutcome::Failed { error: err, .. } | PollOutcome::Unreachable(err) => {
                 self.metrics.polls_failed.inc();
                 tracing::debug!(device = %device.info.id, endpoint = %self.cfg.name, error = %err, "poll failed");
                 self.status
@@ -234,6 +366,40 @@ impl Connection {
         }
     }
 
+    /// Counts consecutive failed polls and moves the unit in and out of backoff.
+    fn track_backoff(&mut self, idx: usize, failed: bool) {
+        let after = self.cfg.backoff_after();
+        let max = self.cfg.backoff_max;
+        let d = &mut self.devices[idx];
+        let was = backoff_interval(d.interval, d.failures, after, max) > d.interval;
+        d.failures = if failed {
+            d.failures.saturating_add(1)
+        } else {
+            0
+        };
+        let interval = backoff_interval(d.interval, d.failures, after, max);
+        let now = interval > d.interval;
+        if now && !was {
+            self.metrics.backoffs.inc();
+            tracing::warn!(device = %d.info.id, endpoint = %self.cfg.name, unit = d.unit, failures = d.failures, "unit backed off: polled less often until it answers");
+        } else if was && !now {
+            tracing::info!(device = %d.info.id, endpoint = %self.cfg.name, unit = d.unit, "unit answers again: back to its own interval");
+        }
+        if now != was {
+            let delta = if now { 1.0 } else { -1.0 };
+            self.metrics
+                .backed_off
+                .set(self.metrics.backed_off.get() + delta);
+        }
+        if d.unit_metrics.is_some() {
+            let interval_ms = interval.as_millis() as u64;
+            self.status.update_link(&d.info.id, |l| {
+                l.backed_off = now;
+                l.poll_interval_ms = interval_ms;
+            });
+        }
+    }
+
     async fn ensure_client(&mut self) -> Result<(), String> {
         if self.client.is_some() {
             return Ok(());
@@ -241,9 +407,17 @@ impl Connection {
         if Instant::now() < self.next_connect {
             return Err("endpoint not connected (waiting to reconnect)".into());
         }
+        let transport = self.cfg.transport;
         let result = tokio::time::timeout(self.cfg.connect_timeout, async {
-            let addr = resolve(&self.cfg.address).await?;
-            ReadOnlyClient::connect_tcp(addr).await
+            match transport {
+                Transport::Tcp => {
+                    ReadOnlyClient::connect_tcp(resolve(&self.cfg.address).await?).await
+                }
+                Transport::RtuOverTcp => {
+                    ReadOnlyClient::connect_rtu_over_tcp(resolve(&self.cfg.address).await?).await
+                }
+                Transport::Rtu => ReadOnlyClient::connect_rtu(&self.cfg),
+            }
         })
         .await;
         match result {
@@ -259,37 +433,88 @@ impl Connection {
         }
     }
 
+    /// Where the endpoint is: its address, or its serial device.
+    fn link_name(&self) -> String {
+        match (&self.cfg.transport, &self.cfg.device) {
+            (Transport::Rtu, Some(dev)) => dev.display().to_string(),
+            _ => self.cfg.address.clone(),
+        }
+    }
+
     fn connect_failed(&mut self, err: String) -> String {
         self.metrics.connects_failed.inc();
         let wait = self.backoff.next_delay();
         self.next_connect = Instant::now() + wait;
-        tracing::warn!(endpoint = %self.cfg.name, address = %self.cfg.address, error = %err, retry_in_ms = wait.as_millis() as u64, "modbus connect failed");
+        tracing::warn!(endpoint = %self.cfg.name, address = %self.link_name(), error = %err, retry_in_ms = wait.as_millis() as u64, "modbus connect failed");
         format!("connect failed: {err}")
     }
 
     async fn poll_device(&mut self, idx: usize) -> PollOutcome {
         if let Err(e) = self.ensure_client().await {
-            return PollOutcome::Failed(e);
+            return PollOutcome::Unreachable(e);
         }
         let (unit, profile) = {
             let d = &self.devices[idx];
             (d.unit, Arc::clone(&d.profile))
         };
+        let bus = self.cfg.transport.is_bus();
         let mut raw = profile.raw_buffer();
         let mut arrived = None;
+        let mut answered = false;
         let mut partial = false;
         let mut failure = None;
-        for req in &profile.plan.requests {
-            let Some(client) = self.client.as_mut() else {
-                break;
+        'requests: for req in &profile.plan.requests {
+            let mut attempt = 0;
+            let result = loop {
+                if bus {
+                    self.wait_frame_gap().await;
+                }
+                let Some(client) = self.client.as_mut() else {
+                    break 'requests;
+                };
+                let started = Instant::now();
+                let result = tokio::time::timeout(self.cfg.timeout, client.read(unit, req)).await;
+                self.metrics
+                    .latency
+                    .observe(started.elapsed().as_secs_f64());
+                if !bus {
+                    break result;
+                }
+                self.line_quiet_since = Some(Instant::now());
+                // tokio-modbus resyncs past a bad frame byte by byte, which often ends in a
+                // timeout: look at what actually came back.
+                let result = match result {
+                    Err(elapsed) => match client.line_fault(unit, req) {
+                        LineFault::BadCrc => Ok(Err(ReadError::Crc)),
+                        LineFault::Garbled => Ok(Err(ReadError::Transport(
+                            "garbled answer (no valid frame before the timeout)".into(),
+                        ))),
+                        LineFault::Silent => Err(elapsed),
+                    },
+                    r => r,
+                };
+                if let Ok(Err(ReadError::Crc | ReadError::Transport(_))) = &result {
+                    // The framer may be poisoned; the serial port or socket usually is not.
+                    if client.link_alive() {
+                        client.reframe();
+                    } else {
+                        self.client = None;
+                    }
+                }
+                if matches!(result, Ok(Err(ReadError::Crc))) && attempt < self.cfg.crc_retries {
+                    attempt += 1;
+                    self.metrics.crc_errors.inc();
+                    self.metrics.crc_retries.inc();
+                    self.record(idx, RequestResult::Crc);
+                    tracing::debug!(device = %self.devices[idx].info.id, endpoint = %self.cfg.name, unit, attempt, "bad CRC, retrying");
+                    continue;
+                }
+                break result;
             };
-            let started = Instant::now();
-            let result = tokio::time::timeout(self.cfg.timeout, client.read(unit, req)).await;
-            self.metrics
-                .latency
-                .observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(Ok(data)) => {
+                    answered = true;
+                    self.record(idx, RequestResult::Ok);
                     arrived.get_or_insert_with(now_ns);
                     let regs = &profile.registers;
                     match data {
@@ -298,7 +523,9 @@ impl Connection {
                     };
                 }
                 Ok(Err(ReadError::Exception(code))) => {
+                    answered = true;
                     partial = true;
+                    self.record(idx, RequestResult::Exception);
                     self.metrics.exceptions.inc();
                     self.count_exception(idx, code);
                     failure = Some(format!(
@@ -306,22 +533,42 @@ impl Connection {
                         req.table, req.start, req.count
                     ));
                 }
+                Ok(Err(ReadError::Crc)) => {
+                    self.record(idx, RequestResult::Crc);
+                    self.metrics.crc_errors.inc();
+                    failure = Some(format!(
+                        "bad CRC in the answer ({} attempt(s))",
+                        attempt + 1
+                    ));
+                    break;
+                }
                 Ok(Err(ReadError::Transport(e))) => {
+                    self.record(idx, RequestResult::Transport);
                     self.metrics.transport_errors.inc();
-                    self.client = None;
+                    if !bus {
+                        self.client = None;
+                    }
                     failure = Some(format!("transport error: {e}"));
                     break;
                 }
                 Err(_) => {
+                    self.record(idx, RequestResult::Timeout);
                     self.metrics.timeouts.inc();
-                    self.client = None;
+                    if !bus {
+                        // TCP: the late answer would be read as the next reply; on a bus
+                        // the link discards it before the next request instead.
+                        self.client = None;
+                    }
                     failure = Some(format!("timeout after {:?}", self.cfg.timeout));
                     break;
                 }
             }
         }
         let Some(ts) = arrived else {
-            return PollOutcome::Failed(failure.unwrap_or_else(|| "no data".into()));
+            return PollOutcome::Failed {
+                error: failure.unwrap_or_else(|| "no data".into()),
+                answered,
+            };
         };
         let mut values = Vec::with_capacity(profile.schema.fields.len());
         profile.finish(&raw, &mut values);
@@ -346,6 +593,44 @@ impl Connection {
         } else {
             PollOutcome::Partial
         }
+    }
+
+    /// Keeps the inter-frame silence: the next request goes out no sooner than `frame_gap`
+    /// after the line went quiet.
+    fn wait_frame_gap(&self) -> impl Future<Output = ()> + Send + 'static {
+        let until = self
+            .line_quiet_since
+            .map(|quiet| quiet + self.cfg.frame_gap());
+        async move {
+            if let Some(until) = until {
+                tokio::time::sleep_until(until).await;
+            }
+        }
+    }
+
+    /// Counts one request outcome for the unit (bus endpoints).
+    fn record(&self, idx: usize, result: RequestResult) {
+        let d = &self.devices[idx];
+        let Some(m) = &d.unit_metrics else {
+            return;
+        };
+        match result {
+            RequestResult::Ok => m.ok.inc(),
+            RequestResult::Timeout => m.timeout.inc(),
+            RequestResult::Crc => m.crc_error.inc(),
+            RequestResult::Exception => m.exception.inc(),
+            RequestResult::Transport => m.transport_error.inc(),
+        }
+        self.status.update_link(&d.info.id, |l: &mut LinkHealth| {
+            l.requests += 1;
+            match result {
+                RequestResult::Ok => {}
+                RequestResult::Timeout => l.timeouts += 1,
+                RequestResult::Crc => l.crc_errors += 1,
+                RequestResult::Exception => l.exceptions += 1,
+                RequestResult::Transport => l.transport_errors += 1,
+            }
+        });
     }
 
     fn count_exception(&mut self, idx: usize, code: tokio_modbus::ExceptionCode) {
