@@ -115,7 +115,9 @@ async fn start_embedded_broker() -> Result<SocketAddr, DemoError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         if tokio::time::Instant::now() >= deadline {
-            return Err(DemoError::Broker(format!("not listening on {addr} after 10 s")));
+            return Err(DemoError::Broker(format!(
+                "not listening on {addr} after 10 s"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -41,25 +41,24 @@ fn five_hundred_meters_for_ten_seconds_all_land_in_the_store() {
     wait_mqtt_connected(port, Duration::from_secs(20));
 
     let rt = runtime();
-    let sim = rt
-        .block_on(async {
-            let sim = gridwatch_sim::start_mqtt(gridwatch_sim::MqttSimConfig {
-                broker: s.mqtt.clone(),
-                client_id: unique("sim"),
-                meters: 500,
-                interval: Duration::from_secs(1),
-                topic_prefix: prefix.clone(),
-                id_prefix: format!("{prefix}-"),
-                record: true,
-                ..gridwatch_sim::MqttSimConfig::default()
-            })
-            .unwrap();
-            assert!(sim.wait_connected(Duration::from_secs(10)).await);
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            let records = sim.records();
-            let total = sim.shutdown(Duration::from_secs(20)).await;
-            (records, total)
-        });
+    let sim = rt.block_on(async {
+        let sim = gridwatch_sim::start_mqtt(gridwatch_sim::MqttSimConfig {
+            broker: s.mqtt.clone(),
+            client_id: unique("sim"),
+            meters: 500,
+            interval: Duration::from_secs(1),
+            topic_prefix: prefix.clone(),
+            id_prefix: format!("{prefix}-"),
+            record: true,
+            ..gridwatch_sim::MqttSimConfig::default()
+        })
+        .unwrap();
+        assert!(sim.wait_connected(Duration::from_secs(10)).await);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let records = sim.records();
+        let total = sim.shutdown(Duration::from_secs(20)).await;
+        (records, total)
+    });
     let (records, total) = sim;
     assert_eq!(records.len() as u64, total);
     assert!(total >= 500 * 9, "only {total} messages in 10 s");
@@ -76,7 +75,11 @@ fn five_hundred_meters_for_ten_seconds_all_land_in_the_store() {
     let mut points = 0;
     for sr in &series {
         let device = sr.labels.get("device").cloned().unwrap_or_default();
-        let field = sr.name.strip_prefix("meter_").unwrap_or(&sr.name).to_string();
+        let field = sr
+            .name
+            .strip_prefix("meter_")
+            .unwrap_or(&sr.name)
+            .to_string();
         let m = stored.entry((device, field)).or_default();
         for (ts, v) in sr.timestamps_ms.iter().zip(&sr.values) {
             assert!(m.insert(*ts, *v).is_none(), "{sr:?}: duplicate timestamp");
@@ -93,8 +96,10 @@ fn five_hundred_meters_for_ten_seconds_all_land_in_the_store() {
             assert_eq!(got, Some(value), "{} {field} at {}", r.device, r.ts_ns);
         }
     }
-    let devices: std::collections::BTreeSet<&str> =
-        series.iter().filter_map(|s| s.labels.get("device").map(String::as_str)).collect();
+    let devices: std::collections::BTreeSet<&str> = series
+        .iter()
+        .filter_map(|s| s.labels.get("device").map(String::as_str))
+        .collect();
     assert_eq!(devices.len(), 500);
 
     assert_eq!(
@@ -157,7 +162,13 @@ fn messages_published_while_stopped_arrive_after_restart() {
             ));
         }
     }
-    publish_all(&s.mqtt, &unique("pub"), None, messages, Duration::from_secs(60));
+    publish_all(
+        &s.mqtt,
+        &unique("pub"),
+        None,
+        messages,
+        Duration::from_secs(60),
+    );
 
     let mut daemon = start_daemon(&cfg);
     wait_mqtt_connected(port, Duration::from_secs(20));
@@ -183,7 +194,11 @@ fn messages_published_while_stopped_arrive_after_restart() {
     assert!(approx_eq(s7.values[i], 230.0 + 0.7 + 0.42));
     eprintln!(
         "after restart: {n} points, {} duplicates dropped",
-        metric(port, "gridwatch_mqtt_messages_total", "result=\"duplicate\"")
+        metric(
+            port,
+            "gridwatch_mqtt_messages_total",
+            "result=\"duplicate\""
+        )
     );
     daemon.terminate();
 }
@@ -291,13 +306,28 @@ fn malformed_messages_are_counted_and_do_not_disturb_other_meters() {
     let mut messages = vec![
         (bad.clone(), "{not json".to_string()),
         (bad.clone(), r#"{"v":{"a":"230"}}"#.to_string()),
-        (bad.clone(), format!(r#"{{"ts":"{future}","v":{{"a":230}}}}"#)),
-        (bad.clone(), r#"{"ts":"1970-01-01T00:00:00Z","v":{"a":230}}"#.to_string()),
+        (
+            bad.clone(),
+            format!(r#"{{"ts":"{future}","v":{{"a":230}}}}"#),
+        ),
+        (
+            bad.clone(),
+            r#"{"ts":"1970-01-01T00:00:00Z","v":{"a":230}}"#.to_string(),
+        ),
         (bad.clone(), r#"{"v":{"a":1e999}}"#.to_string()),
-        (bad.clone(), String::from_utf8_lossy(&[0xff, 0x00, 0x13]).into_owned()),
+        (
+            bad.clone(),
+            String::from_utf8_lossy(&[0xff, 0x00, 0x13]).into_owned(),
+        ),
     ];
     messages.push((good.clone(), r#"{"v":{"a":229.5}}"#.to_string()));
-    publish_all(&s.mqtt, &unique("pub"), None, messages, Duration::from_secs(10));
+    publish_all(
+        &s.mqtt,
+        &unique("pub"),
+        None,
+        messages,
+        Duration::from_secs(10),
+    );
     wait_for("good meter value", Duration::from_secs(10), || {
         let d: serde_json::Value = http()
             .get(format!("http://127.0.0.1:{port}/api/v1/devices/GOOD-1"))
@@ -328,5 +358,7 @@ fn malformed_messages_are_counted_and_do_not_disturb_other_meters() {
 }
 
 fn chrono_like_rfc3339(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0).unwrap().to_rfc3339()
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap()
+        .to_rfc3339()
 }

@@ -36,12 +36,22 @@ fn broker_restart_reconnects_resubscribes_and_loses_nothing_after() {
             .map(|k| {
                 (
                     format!("{prefix}/RS-{:02}/telemetry", k % 10),
-                    format!(r#"{{"ts":{},"v":{{"a":{}}}}}"#, base - 60_000 + from + k, 230 + k % 7),
+                    format!(
+                        r#"{{"ts":{},"v":{{"a":{}}}}}"#,
+                        base - 60_000 + from + k,
+                        230 + k % 7
+                    ),
                 )
             })
             .collect()
     };
-    publish_all(&s.mqtt, &unique("pub"), None, batch(0, 100), Duration::from_secs(10));
+    publish_all(
+        &s.mqtt,
+        &unique("pub"),
+        None,
+        batch(0, 100),
+        Duration::from_secs(10),
+    );
     vm_export_wait(
         &s.vm_url,
         &format!("meter_voltage_a{{db=\"{db}\"}}"),
@@ -52,16 +62,26 @@ fn broker_restart_reconnects_resubscribes_and_loses_nothing_after() {
     mosquitto_restart();
     // Back means subscribed again: only then is anything published guaranteed to reach us
     // (the restarted broker has no session to queue into).
-    wait_for("mqtt reconnected after the restart", Duration::from_secs(30), || {
-        (metric(port, "gridwatch_mqtt_connection_lost_total", "") >= 1.0
-            && metric(port, "gridwatch_mqtt_connected", "") == 1.0)
-            .then_some(())
-    });
+    wait_for(
+        "mqtt reconnected after the restart",
+        Duration::from_secs(30),
+        || {
+            (metric(port, "gridwatch_mqtt_connection_lost_total", "") >= 1.0
+                && metric(port, "gridwatch_mqtt_connected", "") == 1.0)
+                .then_some(())
+        },
+    );
     wait_mqtt_connected(port, Duration::from_secs(5));
     assert!(metric(port, "gridwatch_mqtt_disconnected_seconds", "") > 0.0);
     daemon.wait_for_log("mqtt reconnected and resubscribed", Duration::from_secs(5));
 
-    publish_all(&s.mqtt, &unique("pub"), None, batch(1000, 500), Duration::from_secs(20));
+    publish_all(
+        &s.mqtt,
+        &unique("pub"),
+        None,
+        batch(1000, 500),
+        Duration::from_secs(20),
+    );
     let series = vm_export_wait(
         &s.vm_url,
         &format!("meter_voltage_a{{db=\"{db}\"}}"),
@@ -69,7 +89,10 @@ fn broker_restart_reconnects_resubscribes_and_loses_nothing_after() {
         Duration::from_secs(30),
     );
     let n: usize = series.iter().map(|s| s.values.len()).sum();
-    assert_eq!(n, 600, "100 before the restart + 500 after, nothing lost or doubled");
+    assert_eq!(
+        n, 600,
+        "100 before the restart + 500 after, nothing lost or doubled"
+    );
     assert!(daemon.try_wait().is_none());
     daemon.terminate();
 }

@@ -55,7 +55,11 @@ fn ingest(auto_register: bool) -> (Ingest, Arc<Registry>) {
                 PayloadFormat::Json,
                 vec![field("v.a", "voltage_a"), field("i.0", "current_a"), gasp],
             ),
-            sub("ami/{feeder}/{device}/{field}", PayloadFormat::Number, vec![]),
+            sub(
+                "ami/{feeder}/{device}/{field}",
+                PayloadFormat::Number,
+                vec![],
+            ),
             sub("lp/#", PayloadFormat::Line, vec![]),
         ],
         ..MqttConfig::default()
@@ -74,7 +78,8 @@ fn ingest(auto_register: bool) -> (Ingest, Arc<Registry>) {
 fn topic() -> impl Strategy<Value = String> {
     prop_oneof![
         "[A-Z]{1,3}-[0-9]{1,3}".prop_map(|d| format!("meters/{d}/telemetry")),
-        ("[A-Z0-9]{1,3}", "[A-Z]{1,2}", "[a-z_]{1,10}").prop_map(|(f, d, x)| format!("ami/{f}/{d}/{x}")),
+        ("[A-Z0-9]{1,3}", "[A-Z]{1,2}", "[a-z_]{1,10}")
+            .prop_map(|(f, d, x)| format!("ami/{f}/{d}/{x}")),
         Just("lp/x".to_string()),
         "[ -~]{0,30}",
     ]
@@ -86,7 +91,11 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(any::<u8>(), 0..200),
         "[ -~]{0,80}".prop_map(String::into_bytes),
         (any::<f64>(), -5000i64..5000, any::<bool>()).prop_map(move |(v, dt, with_ts)| {
-            let v = if v.is_finite() { v.to_string() } else { "null".into() };
+            let v = if v.is_finite() {
+                v.to_string()
+            } else {
+                "null".into()
+            };
             if with_ts {
                 format!(r#"{{"ts":{},"v":{{"a":{v}}},"i":[1.5]}}"#, ts + dt)
             } else {
@@ -95,9 +104,16 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
             .into_bytes()
         }),
         (any::<f64>()).prop_map(|v| v.to_string().into_bytes()),
-        ("[a-z]{1,5}", "[A-Z]{1,2}", any::<f64>(), proptest::option::of(0i64..3))
+        (
+            "[a-z]{1,5}",
+            "[A-Z]{1,2}",
+            any::<f64>(),
+            proptest::option::of(0i64..3)
+        )
             .prop_map(move |(m, d, v, t)| {
-                let t = t.map(|t| format!(" {}", (ts + t) * 1_000_000_000)).unwrap_or_default();
+                let t = t
+                    .map(|t| format!(" {}", (ts + t) * 1_000_000_000))
+                    .unwrap_or_default();
                 format!("{m},device={d} x={v}{t}\n{m} y=1i").into_bytes()
             }),
     ]

@@ -16,8 +16,8 @@ pub mod scenario;
 use std::net::SocketAddr;
 
 pub use modbus::{ModbusSimConfig, ModbusSimHandle, Served, start_modbus};
-pub use mqtt::{MeterFault, MqttSimConfig, MqttSimError, MqttSimHandle, Record, start_mqtt};
 pub use model::{Fault, FleetParams, Phase, UnitInfo, UnitKind, generate};
+pub use mqtt::{MeterFault, MqttSimConfig, MqttSimError, MqttSimHandle, Record, start_mqtt};
 pub use profile::{Profile, builtin_profiles};
 
 /// Errors from starting a simulator.

@@ -213,8 +213,7 @@ impl Meter {
             _ => 0,
         };
         let ts_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX) + skew * 1000;
-        let ts_time = UNIX_EPOCH
-            + Duration::from_millis(u64::try_from(ts_ms).unwrap_or(0));
+        let ts_time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ts_ms).unwrap_or(0));
         let ts = humantime::format_rfc3339_millis(ts_time).to_string();
         let ts_ns = ts_ms.saturating_mul(1_000_000);
         if self.fault == Some(MeterFault::Outage) {
@@ -483,10 +482,17 @@ async fn drive(
                 break;
             }
         }
-        let ev = tokio::select! {
-            ev = el.poll() => ev,
-            // Re-check the exit condition now and then while idle.
-            _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+        let ev = if stopped.is_cancelled() {
+            tokio::select! {
+                ev = el.poll() => ev,
+                // Draining: re-check the exit condition now and then while idle.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+            }
+        } else {
+            tokio::select! {
+                ev = el.poll() => ev,
+                _ = stopped.cancelled() => continue,
+            }
         };
         match ev {
             Ok(Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
@@ -693,7 +699,10 @@ mod tests {
         m.fault = None;
         m.restored = true;
         let (payload, rec) = m.sample(T0 + Duration::from_secs(2)).unwrap();
-        assert!(payload.contains("\"event\":\"power_restored\""), "{payload}");
+        assert!(
+            payload.contains("\"event\":\"power_restored\""),
+            "{payload}"
+        );
         assert_eq!(values(&rec)["power_restored"], 1.0);
         let (payload, _) = m.sample(T0 + Duration::from_secs(3)).unwrap();
         assert!(payload.contains("\"event\":null"));
@@ -719,7 +728,10 @@ mod tests {
         assert_eq!(a.values, b.values);
         assert_ne!(a.ts_ns, b.ts_ns);
         m.fault = Some(MeterFault::ClockSkew(900));
-        assert_eq!(at(&mut m, 5).ts_ns, (T0.as_secs() as i64 + 905) * 1_000_000_000);
+        assert_eq!(
+            at(&mut m, 5).ts_ns,
+            (T0.as_secs() as i64 + 905) * 1_000_000_000
+        );
     }
 
     #[test]

@@ -150,14 +150,21 @@ type = "f33"
 
 #[test]
 fn reference_and_demo_configs_load_with_their_mqtt_sections() {
-    let loaded = load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gridwatch.toml")))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let loaded = load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/gridwatch.toml"
+    )))
+    .unwrap_or_else(|e| panic!("{e}"));
     let mqtt = loaded.config.mqtt.as_ref().unwrap();
     assert_eq!(mqtt.subscriptions.len(), 2);
     assert_eq!(mqtt.subscriptions[0].fields.len(), 12);
     assert!(!mqtt.clean_session);
     assert!(
-        loaded.config.devices.iter().any(|d| d.source_kind() == Some(SourceKind::Mqtt))
+        loaded
+            .config
+            .devices
+            .iter()
+            .any(|d| d.source_kind() == Some(SourceKind::Mqtt))
     );
     let demo = load_str(
         include_str!("../../config/demo.toml"),

@@ -145,7 +145,8 @@ pub fn publish_all(
 ) {
     let (host, port) = host_port(broker);
     let mut opts = MqttOptions::new(client_id, host, port);
-    opts.set_keep_alive(Duration::from_secs(10)).set_inflight(100);
+    opts.set_keep_alive(Duration::from_secs(10))
+        .set_inflight(100);
     if let Some((u, p)) = credentials {
         opts.set_credentials(u, p);
     }
@@ -153,7 +154,9 @@ pub fn publish_all(
     let n = messages.len();
     let publisher = std::thread::spawn(move || {
         for (topic, payload) in messages {
-            client.publish(topic, QoS::AtLeastOnce, false, payload).unwrap();
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .unwrap();
         }
         client
     });
@@ -174,7 +177,10 @@ pub fn publish_all(
     let client = publisher.join().unwrap();
     let _ = client.disconnect();
     for _ in 0..10 {
-        if !matches!(connection.recv_timeout(Duration::from_millis(100)), Ok(Ok(_))) {
+        if !matches!(
+            connection.recv_timeout(Duration::from_millis(100)),
+            Ok(Ok(_))
+        ) {
             break;
         }
     }
