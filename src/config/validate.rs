@@ -371,7 +371,7 @@ fn validate_mqtt(mqtt: &MqttConfig, err: &mut dyn FnMut(String, String)) {
             } else if !names.insert(f.name.as_str()) {
                 err(fkey("name"), format!("duplicate field name {:?}", f.name));
             }
-            if f.path.is_empty() && !(sub.format == PayloadFormat::Number && !has_field) {
+            if f.path.is_empty() && (sub.format != PayloadFormat::Number || has_field) {
                 err(fkey("path"), "must not be empty".into());
             }
             if !f.scale.is_finite() || f.scale == 0.0 {

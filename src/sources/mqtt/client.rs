@@ -49,6 +49,9 @@ pub enum AckToken {
 }
 
 /// What the event loop reported.
+// Messages dominate and are moved once, straight from `poll` to the handler: boxing them
+// would add an allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// The broker accepted the connection.
     Connected {
@@ -76,9 +79,9 @@ pub enum Event {
 /// One MQTT connection, either protocol.
 pub enum Conn {
     /// MQTT 3.1.1.
-    V4(rumqttc::AsyncClient, rumqttc::EventLoop),
+    V4(rumqttc::AsyncClient, Box<rumqttc::EventLoop>),
     /// MQTT 5.
-    V5(v5::AsyncClient, v5::EventLoop),
+    V5(v5::AsyncClient, Box<v5::EventLoop>),
 }
 
 fn split_broker(broker: &str) -> Result<(String, u16), ClientError> {
@@ -173,7 +176,7 @@ impl Conn {
                     o.set_transport(t);
                 }
                 let (client, eventloop) = rumqttc::AsyncClient::new(o, REQUEST_CAPACITY);
-                Conn::V4(client, eventloop)
+                Conn::V4(client, Box::new(eventloop))
             }
             MqttProtocol::V5 => {
                 let mut o = v5::MqttOptions::new(cfg.client_id.clone(), host, port);
@@ -191,7 +194,7 @@ impl Conn {
                     o.set_transport(t);
                 }
                 let (client, eventloop) = v5::AsyncClient::new(o, REQUEST_CAPACITY);
-                Conn::V5(client, eventloop)
+                Conn::V5(client, Box::new(eventloop))
             }
         })
     }
