@@ -134,6 +134,9 @@ gw_write_mosquitto_conf() {
             echo "allow_anonymous true"
         fi
         echo "persistence false"
+        # Default 1000: gridwatch's persistent-session test queues 10,000 QoS 1 messages
+        # for a stopped subscriber.
+        echo "max_queued_messages 100000"
         # mosquitto 2 started as root drops to user `mosquitto`, which cannot read a
         # root-owned 0700 temp dir; stay the invoking user.
         echo "user $(id -un)"

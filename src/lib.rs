@@ -13,6 +13,7 @@ pub mod history;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod registry;
 pub mod sinks;
 pub mod sources;
 pub mod status;
@@ -51,6 +52,9 @@ pub enum DaemonError {
     /// The Modbus source could not start.
     #[error(transparent)]
     Modbus(#[from] sources::modbus::ModbusError),
+    /// The MQTT source could not start.
+    #[error(transparent)]
+    Mqtt(#[from] sources::mqtt::MqttError),
     /// The HTTP server failed while running.
     #[error("http server failed: {0}")]
     Http(std::io::Error),
@@ -95,6 +99,8 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         .collect();
     let status = status::StatusBoard::new(&device_list, model::now_ns());
     let history = history::History::new();
+    let registry = registry::DeviceRegistry::new(&device_list);
+    let source_health = Arc::new(sources::SourceHealth::default());
 
     let mut pipeline = Pipeline::new(cfg.daemon.channel_capacity, Arc::clone(&metrics));
     let sink_rx = pipeline.consumer("telemetry", Delivery::Lossless);
@@ -148,6 +154,16 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         &sources_cancel,
         &sources,
     )?;
+    let mqtt_running = sources::mqtt::spawn(
+        cfg.mqtt.as_ref(),
+        &registry,
+        &pipeline.sender(),
+        &status,
+        &source_health,
+        &metrics,
+        &sources_cancel,
+        &sources,
+    )?;
     sources.close();
 
     let drain = TaskTracker::new();
@@ -169,7 +185,8 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     drain.close();
 
     let state = api::AppState {
-        devices: Arc::new(device_list),
+        devices: registry,
+        sources: source_health,
         status,
         history,
         metrics: Arc::clone(&metrics),
@@ -183,7 +200,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
                 .await
         })
     };
-    tracing::info!(config = %loaded.origin, http = %http_addr, devices = devices.len(), modbus_connections = modbus_tasks, "gridwatch running");
+    tracing::info!(config = %loaded.origin, http = %http_addr, devices = devices.len(), modbus_connections = modbus_tasks, mqtt = mqtt_running, "gridwatch running");
 
     let mut http = http;
     let mut failure = None;

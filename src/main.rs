@@ -20,6 +20,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up; the size of the demo's options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
@@ -69,6 +71,10 @@ struct DemoArgs {
     /// Where the demo keeps its data.
     #[arg(long, default_value = "./data/demo")]
     data_dir: PathBuf,
+    /// Use this MQTT broker (host:port) for the simulated smart meters instead of the
+    /// embedded one.
+    #[arg(long)]
+    mqtt_broker: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -105,7 +111,8 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The embedded demo broker (rumqttd) logs every connection at info.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -145,6 +152,7 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         duration: args.duration,
         influx,
         data_dir: args.data_dir,
+        mqtt_broker: args.mqtt_broker,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

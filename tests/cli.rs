@@ -112,7 +112,8 @@ fn demo_serves_its_whole_fleet_online() {
     ]);
     let base = format!("http://127.0.0.1:{port}");
     wait_http_ok(&format!("{base}/healthz"), Duration::from_secs(20));
-    let devices = wait_for("50 devices online", Duration::from_secs(15), || {
+    // 10 transformers and 40 meters on Modbus, 100 meters over the embedded MQTT broker.
+    let devices = wait_for("150 devices online", Duration::from_secs(20), || {
         let list: serde_json::Value = http()
             .get(format!("{base}/api/v1/devices"))
             .send()
@@ -120,7 +121,7 @@ fn demo_serves_its_whole_fleet_online() {
             .json()
             .ok()?;
         let list = list.as_array()?.clone();
-        (list.len() == 50 && list.iter().all(|d| d["status"] == "online")).then_some(list)
+        (list.len() == 150 && list.iter().all(|d| d["status"] == "online")).then_some(list)
     });
     let tx = devices.iter().find(|d| d["id"] == "TX-0001").unwrap();
     let oil = tx["values"]["oil_temp"].as_f64().unwrap();
@@ -130,6 +131,10 @@ fn demo_serves_its_whole_fleet_online() {
     assert_eq!(meter["parent"], "TX-0002");
     let v = meter["values"]["voltage_a"].as_f64().unwrap();
     assert!((200.0..260.0).contains(&v), "voltage_a {v}");
+    let mq = devices.iter().find(|d| d["id"] == "MQ-0001").unwrap();
+    assert!(mq["parent"].as_str().unwrap().starts_with("TX-"));
+    let v = mq["values"]["voltage_a"].as_f64().unwrap();
+    assert!((200.0..260.0).contains(&v), "MQTT meter voltage_a {v}");
     let status = demo.terminate();
     assert!(status.success(), "{}", demo.log());
     let files: Vec<_> = std::fs::read_dir(data.path().join("telemetry"))

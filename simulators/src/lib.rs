@@ -3,12 +3,15 @@
 //! A [`model::Fleet`] computes what each unit measures as a function of time (daily load
 //! curve, oil thermal lag, energy counters, injected faults); [`modbus`] serves those values
 //! over Modbus TCP through the register maps in [`profile`], and [`rtu`] over Modbus RTU (a
-//! serial line, or RTU frames over TCP); [`scenario`] applies timed faults. This crate must not depend on the `gridwatch` daemon: its register encoder is an
+//! serial line, or RTU frames over TCP); [`scenario`] applies timed faults; [`mqtt`]
+//! publishes smart-meter telemetry as JSON to an MQTT broker. This crate must not depend on
+//! the `gridwatch` daemon: its register encoder is an
 //! independent implementation of the profile contract, so end-to-end tests comparing the
 //! two catch bugs that a shared codec would hide.
 
 pub mod modbus;
 pub mod model;
+pub mod mqtt;
 pub mod profile;
 pub mod rtu;
 pub mod scenario;
@@ -17,6 +20,7 @@ use std::net::SocketAddr;
 
 pub use modbus::{ModbusSimConfig, ModbusSimHandle, Served, start_modbus};
 pub use model::{Fault, FleetParams, Phase, UnitInfo, UnitKind, generate};
+pub use mqtt::{MeterFault, MqttSimConfig, MqttSimError, MqttSimHandle, Record, start_mqtt};
 pub use profile::{Profile, builtin_profiles};
 pub use rtu::{RtuLine, start_rtu, start_rtu_over_tcp};
 
@@ -41,6 +45,9 @@ pub enum SimError {
         #[source]
         source: std::io::Error,
     },
+    /// The MQTT meter simulator could not start.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttSimError),
     /// The listen socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

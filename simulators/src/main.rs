@@ -2,6 +2,8 @@
 //!
 //! `gridwatch-sim modbus --listen 127.0.0.1:5020 --transformers 10 --meters 40` serves the
 //! fleet over Modbus TCP until Ctrl-C / SIGTERM.
+//! `gridwatch-sim mqtt --broker 127.0.0.1:1883 --meters 500 --interval 1s` publishes
+//! smart-meter JSON telemetry.
 //! `gridwatch-sim rtu --port /dev/pts/N --baud 9600 ...` serves the same fleet as RTU units
 //! on a serial line (e.g. one end of `socat -d -d pty,raw,echo=0 pty,raw,echo=0`), and
 //! `gridwatch-sim rtu-over-tcp --listen 127.0.0.1:5021 ...` as raw RTU frames over TCP.
@@ -34,6 +36,77 @@ enum Command {
     Rtu(RtuArgs),
     /// Serve them as raw RTU frames over TCP, like a serial-to-Ethernet converter.
     RtuOverTcp(RtuOverTcpArgs),
+    /// Publish smart-meter telemetry (JSON) to an MQTT broker.
+    Mqtt(MqttArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MqttArgs {
+    /// Broker host:port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// Number of meters (device ids MQ-0001...).
+    #[arg(long, default_value_t = 100)]
+    meters: u32,
+    /// Publish interval of every meter.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+    /// Topics are PREFIX/{device}/telemetry.
+    #[arg(long, default_value = "meters")]
+    topic_prefix: String,
+    /// Device ids are ID_PREFIX0001, ...
+    #[arg(long, default_value = "MQ-")]
+    id_prefix: String,
+    /// MQTT client id.
+    #[arg(long, default_value = "gridwatch-sim")]
+    client_id: String,
+    /// User name.
+    #[arg(long, default_value = "")]
+    username: String,
+    /// Password.
+    #[arg(long, default_value = "", env = "GRIDWATCH_SIM_MQTT_PASSWORD")]
+    password: String,
+    /// Seed for per-meter variation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fault from the start, DEVICE:KIND[:ARG], e.g. MQ-0003:outage, MQ-0004:phase_loss:b,
+    /// MQ-0005:clock_skew:900 (kinds: outage, sag, swell, phase_loss, neutral_loss,
+    /// energy_backwards, stuck, clock_skew).
+    #[arg(long = "fault", value_parser = parse_meter_fault)]
+    faults: Vec<(String, gridwatch_sim::MeterFault)>,
+}
+
+fn parse_meter_fault(s: &str) -> Result<(String, gridwatch_sim::MeterFault), String> {
+    let (device, rest) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected DEVICE:KIND[:ARG], got {s:?}"))?;
+    Ok((device.to_string(), rest.parse()?))
+}
+
+async fn run_mqtt(args: MqttArgs) -> anyhow::Result<()> {
+    let sim = gridwatch_sim::start_mqtt(gridwatch_sim::MqttSimConfig {
+        broker: args.broker.clone(),
+        client_id: args.client_id,
+        username: args.username,
+        password: args.password,
+        meters: args.meters,
+        interval: args.interval,
+        topic_prefix: args.topic_prefix.clone(),
+        id_prefix: args.id_prefix,
+        seed: args.seed,
+        ..gridwatch_sim::MqttSimConfig::default()
+    })?;
+    for (device, fault) in &args.faults {
+        anyhow::ensure!(sim.set_fault(device, *fault), "unknown meter {device:?}");
+    }
+    println!(
+        "gridwatch-sim mqtt: {} meters every {:?} to {} under {}/{{device}}/telemetry",
+        args.meters, args.interval, args.broker, args.topic_prefix
+    );
+    shutdown_signal().await?;
+    let total = sim.shutdown(std::time::Duration::from_secs(5)).await;
+    println!("published {total} messages");
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +216,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Modbus(args) => run_modbus(args).await,
         Command::Rtu(args) => run_rtu(args).await,
         Command::RtuOverTcp(args) => run_rtu_over_tcp(args).await,
+        Command::Mqtt(args) => run_mqtt(args).await,
     }
 }
 

@@ -303,8 +303,8 @@ struct UnitParams {
 }
 
 impl UnitParams {
-    fn draw(seed: u64, info: &UnitInfo, fleet: &FleetParams) -> UnitParams {
-        let mut rng = StdRng::seed_from_u64(mix(seed, u64::from(info.unit), 0x5EED));
+    fn draw(seed: u64, key: u64, info: &UnitInfo, fleet: &FleetParams) -> UnitParams {
+        let mut rng = StdRng::seed_from_u64(mix(seed, key, 0x5EED));
         let mut three = |spread: f64| {
             let a: f64 = rng.random_range(-spread..spread);
             let b: f64 = rng.random_range(-spread..spread);
@@ -364,14 +364,24 @@ pub struct UnitModel {
     params: UnitParams,
     state: UnitState,
     seed: u64,
+    /// Per-unit variation key: the unit id, or any number for units without one (MQTT).
+    key: u64,
     nominal_voltage: f64,
 }
 
 impl UnitModel {
     /// Builds the model of `info` with parameters drawn from the fleet seed.
     pub fn new(info: UnitInfo, fleet: &FleetParams) -> UnitModel {
-        let params = UnitParams::draw(fleet.seed, &info, fleet);
+        let key = u64::from(info.unit);
+        UnitModel::with_key(info, fleet, key)
+    }
+
+    /// Like [`UnitModel::new`], with per-unit variation drawn from `key` instead of the unit
+    /// id: MQTT meters are not limited to 247 Modbus unit ids.
+    pub fn with_key(info: UnitInfo, fleet: &FleetParams, key: u64) -> UnitModel {
+        let params = UnitParams::draw(fleet.seed, key, &info, fleet);
         UnitModel {
+            key,
             state: UnitState {
                 energy_import: params.energy_start_kwh,
                 ..UnitState::default()
@@ -390,7 +400,7 @@ impl UnitModel {
 
     /// Load in per unit of the unit's rating at `t` under normal operation.
     fn load_pu(&self, t: f64) -> f64 {
-        let key = mix(self.seed, u64::from(self.info.unit), 1);
+        let key = mix(self.seed, self.key, 1);
         let h = (t.rem_euclid(86_400.0) / 3600.0 + self.params.shift_h).rem_euclid(24.0);
         let fluct = 1.0 + 0.05 * noise(key, t, 900.0) + 0.02 * noise(key ^ 7, t, 120.0);
         self.params.peak_pu * daily_curve(h) * fluct
@@ -400,7 +410,7 @@ impl UnitModel {
     /// parent transformer's (only its network faults apply). State advances only when `t`
     /// is later than the last sample, so counters never run backwards.
     pub fn sample(&mut self, t: f64, fault: Option<Fault>, upstream: Option<Fault>) -> Quantities {
-        let unit_key = mix(self.seed, u64::from(self.info.unit), 2);
+        let unit_key = mix(self.seed, self.key, 2);
         let grid_key = mix(self.seed, 0, 3);
         let vn = self.nominal_voltage;
         let rated_current = self.params.rated_kva * 1000.0 / (3f64.sqrt() * RATED_LINE_VOLTAGE);

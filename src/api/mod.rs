@@ -1,4 +1,8 @@
 //! The HTTP API: health, devices with their status and latest values, metrics.
+//!
+//! `/healthz` always answers 200 while the process runs (liveness) and reports each
+//! connected source (`sources.mqtt: {connected, error, since}`); `/readyz` answers 503 while
+//! a source is disconnected.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,13 +17,17 @@ use serde::Serialize;
 use crate::history::History;
 use crate::metrics::Registry;
 use crate::model::{DeviceInfo, Timestamp};
+use crate::registry::DeviceRegistry;
+use crate::sources::SourceHealth;
 use crate::status::{DeviceStatus, StatusBoard};
 
 /// Everything the handlers read.
 #[derive(Clone)]
 pub struct AppState {
-    /// Configured devices in config order.
-    pub devices: Arc<Vec<Arc<DeviceInfo>>>,
+    /// Known devices: configured ones in config order, then MQTT devices as they appear.
+    pub devices: Arc<DeviceRegistry>,
+    /// Connection state of sources with a connection (MQTT).
+    pub sources: Arc<SourceHealth>,
     /// Device status.
     pub status: Arc<StatusBoard>,
     /// Latest readings.
@@ -32,14 +40,40 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let sources = s.sources.snapshot();
+    let status = if sources.values().all(|x| x.connected) {
+        "ok"
+    } else {
+        "degraded"
+    };
+    Json(serde_json::json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "sources": sources,
+    }))
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let sources = s.sources.snapshot();
+    let ready = sources.values().all(|x| x.connected);
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(serde_json::json!({ "ready": ready, "sources": sources })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -124,12 +158,12 @@ fn view(s: &AppState, d: &DeviceInfo) -> DeviceView {
 }
 
 async fn list_devices(State(s): State<AppState>) -> Json<Vec<DeviceView>> {
-    Json(s.devices.iter().map(|d| view(&s, d)).collect())
+    Json(s.devices.list().iter().map(|d| view(&s, d)).collect())
 }
 
 async fn get_device(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    match s.devices.iter().find(|d| d.id == id) {
-        Some(d) => Json(view(&s, d)).into_response(),
+    match s.devices.get(&id) {
+        Some(d) => Json(view(&s, &d)).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": format!("unknown device {id:?}") })),

@@ -6,6 +6,7 @@
 //! error carries the file and the full key path (`devices[3].profile: ...`). Semantic checks
 //! (unknown profile or endpoint, duplicate ids) run after and are collected the same way.
 
+mod mqtt;
 pub mod profile;
 mod types;
 mod validate;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+pub use mqtt::*;
 pub use profile::{DataType, ProfileConfig, RegisterConfig, Table, WordOrder};
 pub use types::*;
 
@@ -128,6 +130,7 @@ pub fn load_str(
     let modbus = modbus_value
         .map(|v| modbus_section(v, origin, &mut issues))
         .unwrap_or_default();
+    let mqtt = take("mqtt").map(|v| mqtt_section(v, origin, &mut issues));
     let devices_value = take("devices");
     broken.devices = raw_names(devices_value.clone(), "id");
     let devices: Vec<DeviceConfig> = array(devices_value, "devices", origin, &mut issues);
@@ -169,6 +172,7 @@ pub fn load_str(
         daemon,
         storage,
         modbus,
+        mqtt,
         devices,
     };
     // Names whose element failed to parse: references to them are not "unknown" as well.
@@ -349,6 +353,33 @@ fn modbus_section(
                 message: e.to_string(),
             });
             ModbusConfig::default()
+        }
+    }
+}
+
+/// `[mqtt]`: the scalar keys as one struct, each subscription on its own (so every bad one
+/// is reported with its index).
+fn mqtt_section(value: config::Value, origin: &str, issues: &mut Vec<ConfigIssue>) -> MqttConfig {
+    match value.into_table() {
+        Ok(mut table) => {
+            let subscriptions = array(
+                table.remove("subscriptions"),
+                "mqtt.subscriptions",
+                origin,
+                issues,
+            );
+            let rest = config::Value::new(None, config::ValueKind::Table(table));
+            let mut mqtt: MqttConfig = element(rest, "mqtt", origin, issues).unwrap_or_default();
+            mqtt.subscriptions = subscriptions;
+            mqtt
+        }
+        Err(e) => {
+            issues.push(ConfigIssue {
+                file: origin.to_string(),
+                key: "mqtt".to_string(),
+                message: e.to_string(),
+            });
+            MqttConfig::default()
         }
     }
 }

@@ -176,3 +176,75 @@ baud = 10
         assert!(keys.contains(&expected), "missing {expected} in {errors:?}");
     }
 }
+
+#[test]
+fn reference_and_demo_configs_load_with_their_mqtt_sections() {
+    let loaded = load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/gridwatch.toml"
+    )))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mqtt = loaded.config.mqtt.as_ref().unwrap();
+    assert_eq!(mqtt.subscriptions.len(), 2);
+    assert_eq!(mqtt.subscriptions[0].fields.len(), 12);
+    assert!(!mqtt.clean_session);
+    assert!(
+        loaded
+            .config
+            .devices
+            .iter()
+            .any(|d| d.source_kind() == Some(SourceKind::Mqtt))
+    );
+    let demo = load_str(
+        include_str!("../../config/demo.toml"),
+        "demo.toml",
+        Path::new("."),
+        &profile::BUILTIN_PROFILES,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mqtt_meters = demo
+        .config
+        .devices
+        .iter()
+        .filter(|d| d.source_kind() == Some(SourceKind::Mqtt) && d.parent.is_some())
+        .count();
+    assert_eq!(mqtt_meters, 100);
+}
+
+#[test]
+fn mqtt_errors_name_their_key_paths() {
+    let text = r#"
+[mqtt]
+broker = "nohost"
+keep_alive = "soon"
+
+[[mqtt.subscriptions]]
+pattern = "meters/+/telemetry"
+fields = [{ path = "v", name = "v" }]
+
+[[mqtt.subscriptions]]
+pattern = "m/{device}"
+format = "json"
+
+[[mqtt.subscriptions]]
+pattern = "m/{device}/x"
+format = "xml"
+
+[[devices]]
+id = "MQ-1"
+kind = "meter"
+source = "mqtt"
+unit_id = 3
+"#;
+    let errors = load_text(text).unwrap_err();
+    let keys: Vec<&str> = errors.0.iter().map(|i| i.key.as_str()).collect();
+    for want in [
+        "mqtt.keep_alive",
+        "mqtt.subscriptions[2].format",
+        "mqtt.subscriptions[0].pattern",
+        "mqtt.subscriptions[1].fields",
+        "devices[0].unit_id",
+    ] {
+        assert!(keys.contains(&want), "{want} missing in {errors}");
+    }
+}

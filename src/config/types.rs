@@ -15,6 +15,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[modbus]`: Modbus endpoints (gateways and devices).
     pub modbus: ModbusConfig,
+    /// `[mqtt]`: the MQTT broker and subscriptions (absent = no MQTT source).
+    pub mqtt: Option<super::MqttConfig>,
     /// `[[devices]]`: every monitored device.
     pub devices: Vec<DeviceConfig>,
 }
@@ -353,6 +355,8 @@ fn default_offline_after() -> u32 {
 pub enum SourceKind {
     /// Polled over Modbus (needs `endpoint`, `unit_id`, `profile`).
     Modbus,
+    /// Reports over MQTT (see `[mqtt]`); `interval` is the expected reporting interval.
+    Mqtt,
 }
 
 /// `[[devices]]`: one transformer, meter or other monitored device.

@@ -2,9 +2,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{Broken, Config, ConfigIssue, InfluxApi, ProfileConfig, SourceKind, Transport};
+use super::{
+    Broken, Config, ConfigIssue, InfluxApi, MqttConfig, PayloadFormat, ProfileConfig, SourceKind,
+    Transport,
+};
 use crate::sources::modbus::compiled::CompiledProfile;
 use crate::sources::modbus::planner::PlanLimits;
+use crate::sources::mqtt::topic::{Capture, TopicPattern};
 
 /// Appends every problem of `config` to `errors`, and non-fatal ones to `warnings`.
 pub(super) fn validate(
@@ -67,6 +71,10 @@ pub(super) fn validate(
                 "must be longer than zero".into(),
             ));
         }
+    }
+
+    if let Some(mqtt) = &config.mqtt {
+        validate_mqtt(mqtt, &mut |k, m| errors.push(at(k, m)));
     }
 
     let mut endpoints: HashMap<&str, usize> = HashMap::new();
@@ -214,6 +222,30 @@ pub(super) fn validate(
                 key("source"),
                 "set `endpoint` (Modbus) or `source`".into(),
             )),
+            Some(SourceKind::Mqtt) => {
+                for (k, set) in [
+                    ("endpoint", dev.endpoint.is_some()),
+                    ("unit_id", dev.unit_id.is_some()),
+                    ("profile", dev.profile.is_some()),
+                ] {
+                    if set {
+                        errors.push(at(
+                            key(k),
+                            "only for Modbus devices (source = \"mqtt\")".into(),
+                        ));
+                    }
+                }
+                if config
+                    .mqtt
+                    .as_ref()
+                    .is_none_or(|m| m.subscriptions.is_empty())
+                {
+                    warnings.push(at(
+                        key("source"),
+                        "an MQTT device, but no [[mqtt.subscriptions]] are configured".into(),
+                    ));
+                }
+            }
             Some(SourceKind::Modbus) => {
                 let endpoint = match &dev.endpoint {
                     None => {
@@ -298,6 +330,121 @@ pub(super) fn validate(
                 format!("profiles.{name}"),
                 "not used by any device".into(),
             ));
+        }
+    }
+}
+
+/// Checks `[mqtt]`; `err(key, message)` records one problem.
+fn validate_mqtt(mqtt: &MqttConfig, err: &mut dyn FnMut(String, String)) {
+    if !mqtt.broker.is_empty() && !valid_host_port(&mqtt.broker) {
+        err(
+            "mqtt.broker".into(),
+            format!("expected host:port, got {:?}", mqtt.broker),
+        );
+    }
+    if mqtt.client_id.trim().is_empty() {
+        err(
+            "mqtt.client_id".into(),
+            "must be a non-empty, stable id (the persistent session is keyed on it)".into(),
+        );
+    }
+    if !mqtt.password.is_empty() && mqtt.username.is_empty() {
+        err("mqtt.password".into(), "set `username` too".into());
+    }
+    if let Some(tls) = &mqtt.tls
+        && tls.client_cert.is_some() != tls.client_key.is_some()
+    {
+        err(
+            "mqtt.tls".into(),
+            "client_cert and client_key go together".into(),
+        );
+    }
+    for (k, d) in [
+        ("keep_alive", mqtt.keep_alive),
+        ("reconnect_min", mqtt.reconnect_min),
+        ("max_future_skew", mqtt.max_future_skew),
+        ("max_age", mqtt.max_age),
+    ] {
+        if d.is_zero() {
+            err(format!("mqtt.{k}"), "must be longer than zero".into());
+        }
+    }
+    if mqtt.reconnect_max < mqtt.reconnect_min {
+        err(
+            "mqtt.reconnect_max".into(),
+            "must not be shorter than reconnect_min".into(),
+        );
+    }
+    if mqtt.offline_after == 0 {
+        err("mqtt.offline_after".into(), "must be at least 1".into());
+    }
+    if mqtt.max_payload == 0 {
+        err("mqtt.max_payload".into(), "must be at least 1".into());
+    }
+    if !mqtt.broker.is_empty() && mqtt.subscriptions.is_empty() {
+        err(
+            "mqtt.subscriptions".into(),
+            "a broker without subscriptions receives nothing".into(),
+        );
+    }
+    for (i, sub) in mqtt.subscriptions.iter().enumerate() {
+        let key = |k: &str| format!("mqtt.subscriptions[{i}].{k}");
+        let pattern = match TopicPattern::parse(&sub.pattern, sub.format != PayloadFormat::Line) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                err(key("pattern"), e.to_string());
+                None
+            }
+        };
+        if sub.kind.is_empty()
+            || !sub
+                .kind
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            err(
+                key("kind"),
+                format!("expected a word like \"meter\", got {:?}", sub.kind),
+            );
+        }
+        if sub.expected_interval.is_zero() {
+            err(key("expected_interval"), "must be longer than zero".into());
+        }
+        if sub.fields.len() > usize::from(u16::MAX) {
+            err(key("fields"), "too many fields".into());
+        }
+        let has_field = pattern.as_ref().is_some_and(|p| p.has(Capture::Field));
+        match sub.format {
+            PayloadFormat::Json if sub.fields.is_empty() => {
+                err(key("fields"), "required for format = \"json\"".into());
+            }
+            PayloadFormat::Number if !has_field && sub.fields.len() != 1 => err(
+                key("pattern"),
+                "format = \"number\" needs a {field} level, or exactly one entry in `fields`"
+                    .into(),
+            ),
+            _ => {}
+        }
+        let mut names = BTreeSet::new();
+        for (j, f) in sub.fields.iter().enumerate() {
+            let fkey = |k: &str| format!("mqtt.subscriptions[{i}].fields[{j}].{k}");
+            if f.name.is_empty() {
+                err(fkey("name"), "must not be empty".into());
+            } else if !names.insert(f.name.as_str()) {
+                err(fkey("name"), format!("duplicate field name {:?}", f.name));
+            }
+            if f.path.is_empty() && (sub.format != PayloadFormat::Number || has_field) {
+                err(fkey("path"), "must not be empty".into());
+            }
+            if !f.scale.is_finite() || f.scale == 0.0 {
+                err(
+                    fkey("scale"),
+                    format!("must be a non-zero number, got {}", f.scale),
+                );
+            }
+            if f.equals.is_some() && sub.format != PayloadFormat::Json {
+                err(fkey("equals"), "only for format = \"json\"".into());
+            }
         }
     }
 }
