@@ -1,5 +1,7 @@
 //! The HTTP API: health, devices with their status and latest values, metrics.
 
+pub mod alarms;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -6,6 +6,7 @@
 //! error carries the file and the full key path (`devices[3].profile: ...`). Semantic checks
 //! (unknown profile or endpoint, duplicate ids) run after and are collected the same way.
 
+mod alarms;
 pub mod profile;
 mod types;
 mod validate;
@@ -120,6 +121,10 @@ pub fn load_str(
         .map(|v| modbus_section(v, origin, &mut issues))
         .unwrap_or_default();
     let devices = array(take("devices"), "devices", origin, &mut issues);
+    let alarms = section(take("alarms"), "alarms", origin, &mut issues);
+    let rules = array(take("rules"), "rules", origin, &mut issues);
+    let notify = section(take("notify"), "notify", origin, &mut issues);
+    let crews = array(take("crews"), "crews", origin, &mut issues);
     let mut profiles = BTreeMap::new();
     if let Some(v) = take("profiles") {
         match v.into_table() {
@@ -158,6 +163,10 @@ pub fn load_str(
         storage,
         modbus,
         devices,
+        alarms,
+        rules,
+        notify,
+        crews,
     };
     let mut warnings = Vec::new();
     validate::validate(&config, &profiles, origin, &mut issues, &mut warnings);
