@@ -121,7 +121,8 @@ fn build_alarms(
         alarms::AlarmManager::new(alarms::AlarmSettings::from_config(&cfg.alarms), store)?;
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let (lines_tx, lines_rx) = tokio::sync::mpsc::unbounded_channel();
-    let service = alarms::service::AlarmService::new(manager, Some(events_tx), Some(lines_tx), metrics);
+    let service =
+        alarms::service::AlarmService::new(manager, Some(events_tx), Some(lines_tx), metrics);
     let mut engine = detect::Engine::new(rules, &cfg.alarms, devices, model::now_ns());
     service.restore_into(&mut engine);
     Ok(AlarmStage {
@@ -149,7 +150,12 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     let sink_rx = pipeline.consumer("telemetry", Delivery::Lossless);
     let history_rx = pipeline.consumer("history", Delivery::Lossy);
     let alarm_stage = if cfg.alarms.enabled {
-        Some(build_alarms(&loaded, &device_list, &metrics, &mut pipeline)?)
+        Some(build_alarms(
+            &loaded,
+            &device_list,
+            &metrics,
+            &mut pipeline,
+        )?)
     } else {
         None
     };

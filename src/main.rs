@@ -199,8 +199,8 @@ async fn watch_signals(shutdown: CancellationToken) {
 
 fn replay(loaded: &LoadedConfig, file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     use gridwatch::alarms::EventKind;
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let report = gridwatch::replay::replay(loaded, &text)
         .with_context(|| format!("replaying {}", file.display()))?;
     let mut raised = 0usize;

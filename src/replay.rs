@@ -62,8 +62,10 @@ pub fn replay(loaded: &LoadedConfig, input: &str) -> Result<ReplayReport, Replay
         .map(|d| (d.id.clone(), d))
         .collect();
     let gaps = min_gaps(input);
-    let mut manager =
-        AlarmManager::new(AlarmSettings::from_config(&cfg.alarms), Arc::new(MemoryStore))?;
+    let mut manager = AlarmManager::new(
+        AlarmSettings::from_config(&cfg.alarms),
+        Arc::new(MemoryStore),
+    )?;
     let mut engine: Option<Engine> = None;
     let mut slots: HashMap<String, DeviceSlot> = HashMap::new();
     let mut report = ReplayReport::default();
@@ -74,14 +76,23 @@ pub fn replay(loaded: &LoadedConfig, input: &str) -> Result<ReplayReport, Replay
             message: e.to_string(),
         })?;
         let Some(ts) = line.timestamp else { continue };
-        let tag = |k: &str| line.series.tag_set.as_ref().and_then(|t| t.iter().find(|(key, _)| key.as_str() == k).map(|(_, v)| v.as_str().to_string()));
-        let Some(device) = tag("device") else { continue };
+        let tag = |k: &str| {
+            line.series.tag_set.as_ref().and_then(|t| {
+                t.iter()
+                    .find(|(key, _)| key.as_str() == k)
+                    .map(|(_, v)| v.as_str().to_string())
+            })
+        };
+        let Some(device) = tag("device") else {
+            continue;
+        };
         let slot = slots.entry(device.clone()).or_insert_with(|| {
             let info = configured.get(&device).cloned().unwrap_or_else(|| {
                 Arc::new(
                     DeviceInfo {
                         id: device.clone(),
-                        kind: tag("kind").unwrap_or_else(|| line.series.measurement.as_str().to_string()),
+                        kind: tag("kind")
+                            .unwrap_or_else(|| line.series.measurement.as_str().to_string()),
                         site: tag("site").unwrap_or_default(),
                         feeder: tag("feeder").unwrap_or_default(),
                         parent: None,
@@ -95,7 +106,10 @@ pub fn replay(loaded: &LoadedConfig, input: &str) -> Result<ReplayReport, Replay
                     .finish(),
                 )
             });
-            DeviceSlot { info, schema: Arc::new(Schema::default()) }
+            DeviceSlot {
+                info,
+                schema: Arc::new(Schema::default()),
+            }
         });
         let mut values = Vec::with_capacity(line.field_set.len());
         for (key, value) in &line.field_set {
@@ -158,7 +172,11 @@ fn min_gaps(input: &str) -> HashMap<String, i64> {
     for line in influxdb_line_protocol::parse_lines(input).flatten() {
         let (Some(ts), Some(dev)) = (
             line.timestamp,
-            line.series.tag_set.as_ref().and_then(|t| t.iter().find(|(k, _)| k.as_str() == "device").map(|(_, v)| v.as_str().to_string())),
+            line.series.tag_set.as_ref().and_then(|t| {
+                t.iter()
+                    .find(|(k, _)| k.as_str() == "device")
+                    .map(|(_, v)| v.as_str().to_string())
+            }),
         ) else {
             continue;
         };

@@ -73,12 +73,21 @@ impl LpWriter {
                 let kind = u.kind.as_str();
                 let key = series_key(
                     kind,
-                    &[("device", &u.device_id), ("feeder", "F1"), ("kind", kind), ("site", "Sim")],
+                    &[
+                        ("device", &u.device_id),
+                        ("feeder", "F1"),
+                        ("kind", kind),
+                        ("site", "Sim"),
+                    ],
                 );
                 (u.unit, (key, u.profile.clone()))
             })
             .collect();
-        LpWriter { fields, keys, out: String::new() }
+        LpWriter {
+            fields,
+            keys,
+            out: String::new(),
+        }
     }
 
     fn write(&mut self, unit: u8, t: f64, values: &[(&'static str, f64)]) {
@@ -197,5 +206,8 @@ fn a_faulted_day_raises_exactly_the_injected_faults() {
         .map(|e| (e.1.clone(), e.2.clone(), e.3.clone()))
         .collect();
     assert_eq!(cleared, expected, "{events:#?}");
-    assert!(events.iter().all(|e| e.0 == "raised" || e.0 == "cleared"), "{events:#?}");
+    assert!(
+        events.iter().all(|e| e.0 == "raised" || e.0 == "cleared"),
+        "{events:#?}"
+    );
 }

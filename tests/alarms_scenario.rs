@@ -41,7 +41,15 @@ impl FaultInjector for ModbusSimHandle {
     }
 }
 
-fn fleet_config(units: &[UnitInfo], modbus: &str, http: u16, data: &str, mqtt: &str, prefix: &str, hook: &str) -> String {
+fn fleet_config(
+    units: &[UnitInfo],
+    modbus: &str,
+    http: u16,
+    data: &str,
+    mqtt: &str,
+    prefix: &str,
+    hook: &str,
+) -> String {
     let mut c = format!(
         r#"
 [daemon]
@@ -92,7 +100,12 @@ timeout = "300ms"
 }
 
 /// A one-request-per-connection HTTP server recording (body JSON, signature valid).
-fn webhook_server() -> (String, Arc<Mutex<Vec<(serde_json::Value, bool)>>>) {
+/// Webhook bodies received, with whether their signature was valid.
+type Hooks = Arc<Mutex<Vec<(serde_json::Value, bool)>>>;
+/// MQTT messages received: (topic, payload).
+type Msgs = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+fn webhook_server() -> (String, Hooks) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -128,20 +141,23 @@ fn webhook_server() -> (String, Arc<Mutex<Vec<(serde_json::Value, bool)>>>) {
             if let Ok(v) = serde_json::from_slice(&body) {
                 store.lock().unwrap().push((v, valid));
             }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
     (url, got)
 }
 
 /// Retained/live MQTT messages under `prefix/#`: (topic, payload, retain).
-fn mqtt_subscriber(addr: &str, prefix: &str) -> Arc<Mutex<Vec<(String, Vec<u8>)>>> {
+fn mqtt_subscriber(addr: &str, prefix: &str) -> Msgs {
     use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
     let (host, port) = host_port(addr);
     let mut o = MqttOptions::new(unique("alarm_sub"), host, port);
     o.set_keep_alive(Duration::from_secs(5));
     let (client, mut conn) = Client::new(o, 100);
-    client.subscribe(format!("{prefix}/#"), QoS::AtLeastOnce).unwrap();
+    client
+        .subscribe(format!("{prefix}/#"), QoS::AtLeastOnce)
+        .unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let store = Arc::clone(&got);
     std::thread::spawn(move || {
@@ -149,7 +165,10 @@ fn mqtt_subscriber(addr: &str, prefix: &str) -> Arc<Mutex<Vec<(String, Vec<u8>)>
         for ev in conn.iter() {
             match ev {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    store.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()));
+                    store
+                        .lock()
+                        .unwrap()
+                        .push((p.topic.clone(), p.payload.to_vec()));
                 }
                 Ok(_) => {}
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -227,7 +246,11 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
             .filter(|r| r.status().is_success())
     });
     std::thread::sleep(Duration::from_secs(12));
-    assert!(alarms(http).is_empty(), "alarms in normal operation: {:#?}", alarms(http));
+    assert!(
+        alarms(http).is_empty(),
+        "alarms in normal operation: {:#?}",
+        alarms(http)
+    );
 
     // (unit, fault) — transformer voltage faults reach the meters below them; their alarms
     // stay on the transformer.
@@ -285,8 +308,13 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
     }
     assert!(extra.is_empty(), "unexpected alarms {extra:#?}");
     for (key, deadline) in &expected {
-        let at = seen_at.get(key).unwrap_or_else(|| panic!("{key:?} not raised; alarms: {list:#?}"));
-        assert!(at <= deadline, "{key:?} raised after {at:?}, deadline {deadline:?}");
+        let at = seen_at
+            .get(key)
+            .unwrap_or_else(|| panic!("{key:?} not raised; alarms: {list:#?}"));
+        assert!(
+            at <= deadline,
+            "{key:?} raised after {at:?}, deadline {deadline:?}"
+        );
     }
     assert_eq!(list.len(), expected.len(), "one alarm per key: {list:#?}");
     let oil = list.iter().find(|a| a["rule"] == "oil_temp_high").unwrap();
@@ -304,7 +332,10 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
     });
     {
         let msgs = mqtt_msgs.lock().unwrap();
-        let (_, p) = msgs.iter().find(|(t, _)| *t == topic("TX-0002", "phase_loss")).unwrap();
+        let (_, p) = msgs
+            .iter()
+            .find(|(t, _)| *t == topic("TX-0002", "phase_loss"))
+            .unwrap();
         let m: serde_json::Value = serde_json::from_slice(p).unwrap();
         assert_eq!(m["severity"], "critical");
         assert_eq!(m["feeder"], "F1");
@@ -312,14 +343,22 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
         assert!(m["action"].as_str().unwrap().contains("fuses"), "{m}");
         assert_eq!(m["crews"], serde_json::json!(["north", "standby"]));
         assert!(m["reading_ts_ns"].as_i64().unwrap() <= m["published_ts_ns"].as_i64().unwrap());
-        assert!(msgs.iter().all(|(t, _)| expected.keys().any(|(d, r, _)| *t == topic(d, r))), "{:?}", msgs.iter().map(|m| &m.0).collect::<Vec<_>>());
+        assert!(
+            msgs.iter()
+                .all(|(t, _)| expected.keys().any(|(d, r, _)| *t == topic(d, r))),
+            "{:?}",
+            msgs.iter().map(|m| &m.0).collect::<Vec<_>>()
+        );
     }
     // Webhook: signed, one `raised` per alarm.
     wait_for("webhooks", Duration::from_secs(10), || {
         let got = hooks.lock().unwrap();
         (got.iter().filter(|(v, _)| v["event"] == "raised").count() >= expected.len()).then_some(())
     });
-    assert!(hooks.lock().unwrap().iter().all(|(_, valid)| *valid), "bad signature");
+    assert!(
+        hooks.lock().unwrap().iter().all(|(_, valid)| *valid),
+        "bad signature"
+    );
 
     // The fault ends: every alarm clears (stays listed as cleared_unacked).
     let cleared_start = Instant::now();
@@ -328,7 +367,8 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
     }
     wait_for("all alarms cleared", Duration::from_secs(40), || {
         let l = alarms(http);
-        (l.len() == expected.len() && l.iter().all(|a| a["state"] == "cleared_unacked")).then_some(())
+        (l.len() == expected.len() && l.iter().all(|a| a["state"] == "cleared_unacked"))
+            .then_some(())
     });
     eprintln!("cleared after {:?}", cleared_start.elapsed());
     // Retained topics emptied.
@@ -336,12 +376,18 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
         let msgs = mqtt_msgs.lock().unwrap();
         expected
             .keys()
-            .all(|(d, r, _)| msgs.iter().rev().find(|(t, _)| *t == topic(d, r)).is_some_and(|(_, p)| p.is_empty()))
+            .all(|(d, r, _)| {
+                msgs.iter()
+                    .rev()
+                    .find(|(t, _)| *t == topic(d, r))
+                    .is_some_and(|(_, p)| p.is_empty())
+            })
             .then_some(())
     });
     wait_for("cleared webhooks", Duration::from_secs(10), || {
         let got = hooks.lock().unwrap();
-        (got.iter().filter(|(v, _)| v["event"] == "cleared").count() >= expected.len()).then_some(())
+        (got.iter().filter(|(v, _)| v["event"] == "cleared").count() >= expected.len())
+            .then_some(())
     });
 
     // Acknowledge one: it leaves the list.
@@ -367,8 +413,16 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
         lp.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
     }
     let alarm_lines: Vec<&str> = lp.lines().filter(|l| l.starts_with("alarm,")).collect();
-    assert!(alarm_lines.iter().any(|l| l.contains("rule=phase_loss") && l.contains("event=\"raised\"")), "{alarm_lines:#?}");
-    assert!(alarm_lines.iter().any(|l| l.contains("event=\"cleared\"")), "{alarm_lines:#?}");
+    assert!(
+        alarm_lines
+            .iter()
+            .any(|l| l.contains("rule=phase_loss") && l.contains("event=\"raised\"")),
+        "{alarm_lines:#?}"
+    );
+    assert!(
+        alarm_lines.iter().any(|l| l.contains("event=\"cleared\"")),
+        "{alarm_lines:#?}"
+    );
     // The state file survives for the next start.
     assert!(data.path().join("alarms.json").exists());
     rt.block_on(sim.shutdown());

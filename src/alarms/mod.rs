@@ -306,7 +306,8 @@ impl AlarmManager {
                         events.push(ev(EventKind::Raised, a, true));
                     }
                 } else {
-                    let started_flapping = d.change == Change::Raise && self.note_transition(&key, d.ts);
+                    let started_flapping =
+                        d.change == Change::Raise && self.note_transition(&key, d.ts);
                     let Some(a) = self.alarms.get_mut(&key) else {
                         return events;
                     };
@@ -364,7 +365,12 @@ impl AlarmManager {
     }
 
     /// Acknowledges alarm `id` at `now`.
-    pub fn ack(&mut self, id: u64, by: Option<String>, now: Timestamp) -> Result<Vec<AlarmEvent>, AlarmError> {
+    pub fn ack(
+        &mut self,
+        id: u64,
+        by: Option<String>,
+        now: Timestamp,
+    ) -> Result<Vec<AlarmEvent>, AlarmError> {
         let key = self.key_of(id)?;
         let mut events = Vec::new();
         let Some(a) = self.alarms.get_mut(&key) else {
@@ -482,7 +488,10 @@ fn clear(
 ) -> (Vec<AlarmEvent>, bool) {
     a.cleared_at = Some(at);
     if a.state == AlarmState::Acknowledged {
-        (vec![ev(EventKind::Cleared, a), ev(EventKind::Removed, a)], true)
+        (
+            vec![ev(EventKind::Cleared, a), ev(EventKind::Removed, a)],
+            true,
+        )
     } else {
         a.state = AlarmState::ClearedUnacked;
         (vec![ev(EventKind::Cleared, a)], false)

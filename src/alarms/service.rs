@@ -50,7 +50,10 @@ pub fn write_alarm_line(buf: &mut String, ev: &AlarmEvent) {
             ("active", FieldValue::I64(i64::from(active))),
             ("value", FieldValue::F64(a.value)),
             ("limit", FieldValue::F64(a.limit)),
-            ("id", FieldValue::I64(i64::try_from(a.id).unwrap_or(i64::MAX))),
+            (
+                "id",
+                FieldValue::I64(i64::try_from(a.id).unwrap_or(i64::MAX)),
+            ),
         ],
         ev.at,
     );
@@ -138,7 +141,10 @@ impl AlarmService {
     /// Acknowledges an alarm.
     pub fn ack(&self, id: u64, by: Option<String>, now: Timestamp) -> Result<Alarm, AlarmError> {
         let events = self.lock().ack(id, by, now)?;
-        let alarm = events.first().map(|e| e.alarm.clone()).ok_or(AlarmError::NotFound(id))?;
+        let alarm = events
+            .first()
+            .map(|e| e.alarm.clone())
+            .ok_or(AlarmError::NotFound(id))?;
         self.emit(events);
         Ok(alarm)
     }
@@ -153,7 +159,10 @@ impl AlarmService {
     ) -> Result<Alarm, AlarmError> {
         let ns = i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX);
         let events = self.lock().shelve(id, ns, by, now)?;
-        let alarm = events.first().map(|e| e.alarm.clone()).ok_or(AlarmError::NotFound(id))?;
+        let alarm = events
+            .first()
+            .map(|e| e.alarm.clone())
+            .ok_or(AlarmError::NotFound(id))?;
         self.emit(events);
         Ok(alarm)
     }

@@ -64,7 +64,9 @@ impl AlarmStore for FileStore {
     fn load(&self) -> Result<Vec<Alarm>, StoreError> {
         let path = self.path.display().to_string();
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Format { path, source }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| StoreError::Format { path, source })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(source) => Err(StoreError::Io { path, source }),
         }

@@ -76,7 +76,10 @@ fn lifecycle_active_ack_clear_and_cleared_unacked() {
     assert_eq!(kinds(&ev), [(EventKind::Raised, true)]);
     let id = ev[0].alarm.id;
     // Deduplication: a second raise of the same key is not a new alarm.
-    assert!(m.apply(&det(Change::Raise, Severity::Warning, 1)).is_empty());
+    assert!(
+        m.apply(&det(Change::Raise, Severity::Warning, 1))
+            .is_empty()
+    );
     let ev = m.apply(&det(Change::Escalate, Severity::Critical, 2));
     assert_eq!(kinds(&ev), [(EventKind::Escalated, true)]);
     assert_eq!(m.list()[0].severity, Severity::Critical);
@@ -101,7 +104,10 @@ fn lifecycle_active_ack_clear_and_cleared_unacked() {
         [(EventKind::Acknowledged, true), (EventKind::Removed, true)]
     );
     assert!(m.list().is_empty());
-    assert!(matches!(m.ack(id, None, 13 * S), Err(AlarmError::NotFound(_))));
+    assert!(matches!(
+        m.ack(id, None, 13 * S),
+        Err(AlarmError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -109,7 +115,11 @@ fn flapping_becomes_one_alarm_and_clears_after_a_quiet_window() {
     let mut m = manager();
     let mut notified = Vec::new();
     for i in 0..10 {
-        let change = if i % 2 == 0 { Change::Raise } else { Change::Clear };
+        let change = if i % 2 == 0 {
+            Change::Raise
+        } else {
+            Change::Clear
+        };
         for e in m.apply(&det(change, Severity::Warning, i * 10)) {
             notified.push(e.kind);
         }
@@ -138,12 +148,16 @@ fn flapping_becomes_one_alarm_and_clears_after_a_quiet_window() {
 #[test]
 fn shelving_hides_notifications_until_it_expires() {
     let mut m = manager();
-    let id = m.apply(&det(Change::Raise, Severity::Warning, 0))[0].alarm.id;
+    let id = m.apply(&det(Change::Raise, Severity::Warning, 0))[0]
+        .alarm
+        .id;
     assert!(matches!(
         m.shelve(id, 7200 * S, None, S),
         Err(AlarmError::BadShelve { .. })
     ));
-    let ev = m.shelve(id, 60 * S, Some("op".into()), S).unwrap_or_default();
+    let ev = m
+        .shelve(id, 60 * S, Some("op".into()), S)
+        .unwrap_or_default();
     assert_eq!(ev[0].alarm.shelved_until, Some(61 * S));
     let ev = m.apply(&det(Change::Escalate, Severity::Critical, 30));
     assert_eq!(kinds(&ev), [(EventKind::Escalated, false)]);
@@ -160,7 +174,9 @@ async fn shelving_expiry_on_the_tokio_clock() {
         let start = tokio::time::Instant::now();
         let now = || (tokio::time::Instant::now() - start).as_nanos() as i64;
         let mut m = manager();
-        let id = m.apply(&det(Change::Raise, Severity::Warning, 0))[0].alarm.id;
+        let id = m.apply(&det(Change::Raise, Severity::Warning, 0))[0]
+            .alarm
+            .id;
         m.shelve(id, 30 * S, None, now()).unwrap_or_default();
         let mut seen = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -184,7 +200,9 @@ fn state_survives_a_restart_through_the_file_store() {
         max_shelve_ns: 3600 * S,
     };
     let mut m = AlarmManager::new(settings, store.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let id = m.apply(&det(Change::Raise, Severity::Critical, 0))[0].alarm.id;
+    let id = m.apply(&det(Change::Raise, Severity::Critical, 0))[0]
+        .alarm
+        .id;
     m.ack(id, Some("op".into()), S).unwrap_or_default();
     let before = m.list();
     drop(m);

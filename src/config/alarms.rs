@@ -14,19 +14,34 @@ pub(super) fn validate(config: &Config, origin: &str, errors: &mut Vec<ConfigIss
     };
     let a = &config.alarms;
     if a.flapping_transitions < 2 {
-        errors.push(at("alarms.flapping_transitions".into(), "must be at least 2".into()));
+        errors.push(at(
+            "alarms.flapping_transitions".into(),
+            "must be at least 2".into(),
+        ));
     }
     if a.flapping_window.is_zero() {
-        errors.push(at("alarms.flapping_window".into(), "must be longer than zero".into()));
+        errors.push(at(
+            "alarms.flapping_window".into(),
+            "must be longer than zero".into(),
+        ));
     }
     if a.stale_intervals == 0 {
-        errors.push(at("alarms.stale_intervals".into(), "must be at least 1".into()));
+        errors.push(at(
+            "alarms.stale_intervals".into(),
+            "must be at least 1".into(),
+        ));
     }
     if !(a.frequency_band_hz.is_finite() && a.frequency_band_hz > 0.0) {
-        errors.push(at("alarms.frequency_band_hz".into(), "must be a positive number".into()));
+        errors.push(at(
+            "alarms.frequency_band_hz".into(),
+            "must be a positive number".into(),
+        ));
     }
     if !(a.nominal_frequency.is_finite() && a.nominal_frequency > 0.0) {
-        errors.push(at("alarms.nominal_frequency".into(), "must be a positive number".into()));
+        errors.push(at(
+            "alarms.nominal_frequency".into(),
+            "must be a positive number".into(),
+        ));
     }
     if let Err(e) = RuleSet::build(a, &config.rules) {
         match e {
@@ -40,7 +55,10 @@ pub(super) fn validate(config: &Config, origin: &str, errors: &mut Vec<ConfigIss
     for (i, r) in config.rules.iter().enumerate() {
         for d in r.devices.iter().flatten() {
             if !ids.contains(d.as_str()) {
-                errors.push(at(format!("rules[{i}].devices"), format!("unknown device {d:?}")));
+                errors.push(at(
+                    format!("rules[{i}].devices"),
+                    format!("unknown device {d:?}"),
+                ));
             }
         }
     }
@@ -65,7 +83,10 @@ pub(super) fn validate(config: &Config, origin: &str, errors: &mut Vec<ConfigIss
     let mut crews = BTreeSet::new();
     for (i, c) in config.crews.iter().enumerate() {
         if !crews.insert(c.name.as_str()) {
-            errors.push(at(format!("crews[{i}].name"), format!("duplicate crew {:?}", c.name)));
+            errors.push(at(
+                format!("crews[{i}].name"),
+                format!("duplicate crew {:?}", c.name),
+            ));
         }
     }
     let mut hooks = BTreeSet::new();

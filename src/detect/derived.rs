@@ -85,7 +85,11 @@ pub fn quantity(r: &Reading, name: &str, ctx: &DeriveContext) -> Option<f64> {
             {
                 return None;
             }
-            current_unbalance_pct([r.get("current_a")?, r.get("current_b")?, r.get("current_c")?])
+            current_unbalance_pct([
+                r.get("current_a")?,
+                r.get("current_b")?,
+                r.get("current_c")?,
+            ])
         }
         "voltage_unbalance_pct" => {
             let v = phases()?;
@@ -106,7 +110,11 @@ pub fn quantity(r: &Reading, name: &str, ctx: &DeriveContext) -> Option<f64> {
             if r.get("winding_temp").is_some() {
                 return None;
             }
-            Some(hot_spot(r.get("oil_temp")?, load_pct(r)? / 100.0, &ctx.thermal))
+            Some(hot_spot(
+                r.get("oil_temp")?,
+                load_pct(r)? / 100.0,
+                &ctx.thermal,
+            ))
         }
         "ageing_factor" => {
             let h = match r.get("winding_temp") {
@@ -128,7 +136,11 @@ pub fn quantity(r: &Reading, name: &str, ctx: &DeriveContext) -> Option<f64> {
 }
 
 fn phase_voltages(r: &Reading) -> Option<[f64; 3]> {
-    Some([r.get("voltage_a")?, r.get("voltage_b")?, r.get("voltage_c")?])
+    Some([
+        r.get("voltage_a")?,
+        r.get("voltage_b")?,
+        r.get("voltage_c")?,
+    ])
 }
 
 /// Apparent power as % of the device's rated kVA: from `active_power`/`reactive_power`
@@ -140,7 +152,11 @@ pub fn load_pct(r: &Reading) -> Option<f64> {
         (Some(p), None) => p.abs(),
         _ => {
             let v = phase_voltages(r)?;
-            let i = [r.get("current_a")?, r.get("current_b")?, r.get("current_c")?];
+            let i = [
+                r.get("current_a")?,
+                r.get("current_b")?,
+                r.get("current_c")?,
+            ];
             v.iter().zip(i).map(|(v, i)| v * i).sum::<f64>() / 1000.0
         }
     };

@@ -120,11 +120,9 @@ fn default_levels(id: &str, a: &AlarmsConfig) -> Option<Vec<Level>> {
         ("voltage_low", VoltageStandard::AnsiC841) => {
             vec![l(Warning, -5.0, -4.5), l(Critical, -8.3, -7.8)]
         }
-        ("frequency_deviation", _) => vec![l(
-            Warning,
-            a.frequency_band_hz,
-            a.frequency_band_hz * 0.75,
-        )],
+        ("frequency_deviation", _) => {
+            vec![l(Warning, a.frequency_band_hz, a.frequency_band_hz * 0.75)]
+        }
         ("comm_loss", _) => vec![l(Warning, f64::from(a.stale_intervals), 0.5)],
         _ => return None,
     })
@@ -144,8 +142,7 @@ impl RuleSet {
         } else {
             Vec::new()
         };
-        let mut entries: Vec<(usize, RuleConfig)> =
-            builtin.iter().cloned().enumerate().collect();
+        let mut entries: Vec<(usize, RuleConfig)> = builtin.iter().cloned().enumerate().collect();
         for (i, u) in user.iter().enumerate() {
             match builtin.iter().find(|b| b.id == u.id) {
                 Some(b) => {
@@ -250,7 +247,9 @@ fn resolve(index: usize, e: &RuleConfig, a: &AlarmsConfig) -> Result<Rule, RuleE
     for (i, l) in levels.iter().enumerate() {
         let clear = l.clear.unwrap_or(l.raise);
         if !(l.raise.is_finite() && clear.is_finite()) {
-            return Err(invalid(format!("levels[{i}]: raise and clear must be finite")));
+            return Err(invalid(format!(
+                "levels[{i}]: raise and clear must be finite"
+            )));
         }
         let wrong_side = match direction {
             Direction::Above => clear > l.raise,
@@ -404,14 +403,12 @@ impl Engine {
                 tracker: LevelTracker::default(),
             })
             .collect();
-        self.devices
-            .entry(info.id.clone())
-            .or_insert(DeviceState {
-                info,
-                rules,
-                latest: None,
-                last_seen: start,
-            })
+        self.devices.entry(info.id.clone()).or_insert(DeviceState {
+            info,
+            rules,
+            latest: None,
+            last_seen: start,
+        })
     }
 
     /// Marks an alarm restored from the store as active so it clears through the normal

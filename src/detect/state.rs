@@ -259,7 +259,8 @@ mod tests {
     fn hysteresis_raises_at_x_and_clears_only_below_y() {
         let l = levels();
         let mut t = LevelTracker::default();
-        let up = |t: &mut LevelTracker, ts: i64, x: f64| t.update(ts * S, x, &l, Direction::Above, 0);
+        let up =
+            |t: &mut LevelTracker, ts: i64, x: f64| t.update(ts * S, x, &l, Direction::Above, 0);
         assert_eq!(up(&mut t, 0, 86.0), None); // delay-on starts
         assert_eq!(up(&mut t, 10, 86.0), Some(Transition::Raise { level: 0 }));
         // Between clear (80) and raise (85): stays active.
@@ -347,7 +348,8 @@ mod tests {
         let mut e = Ewma::default();
         for i in 0..200 {
             let v = 60.0 + if i % 2 == 0 { 1.0 } else { -1.0 };
-            assert_eq!(e.update(v, 0.05, 100, 5.0), if i < 100 { 0.0 } else { 0.0 });
+            // Warm-up, then within the noise: never flagged.
+            assert_eq!(e.update(v, 0.05, 100, 5.0), 0.0);
         }
         // Inside the fixed limits but far from this series' normal: flagged.
         assert!(e.update(70.0, 0.05, 100, 5.0) > 4.0);

@@ -24,7 +24,10 @@ fn device(id: &str, kind: &str, parent: Option<&str>) -> Arc<DeviceInfo> {
 
 fn reading(d: &Arc<DeviceInfo>, ts_s: i64, values: &[(&str, f64)]) -> Arc<Reading> {
     let schema = Schema {
-        fields: values.iter().map(|(n, _)| FieldDef::new(*n, None)).collect(),
+        fields: values
+            .iter()
+            .map(|(n, _)| FieldDef::new(*n, None))
+            .collect(),
     };
     Arc::new(Reading {
         device: Arc::clone(d),
@@ -182,7 +185,11 @@ fn a_meter_phase_loss_with_a_healthy_parent_is_the_meters_alarm() {
         all.extend(e.on_reading(&reading(
             &m1,
             t,
-            &[("voltage_a", 231.0), ("voltage_b", 1.0), ("voltage_c", 230.0)],
+            &[
+                ("voltage_a", 231.0),
+                ("voltage_b", 1.0),
+                ("voltage_c", 230.0),
+            ],
         )));
     }
     let s: Vec<_> = all
@@ -195,30 +202,42 @@ fn a_meter_phase_loss_with_a_healthy_parent_is_the_meters_alarm() {
 #[test]
 fn comm_loss_on_the_callers_clock_and_clear_on_the_next_reading() {
     let m = device("MT-1", "meter", None);
-    let mut e = engine(&[m.clone()], &[]);
-    assert!(e.on_reading(&reading(&m, 0, &[("voltage_a", 230.0)])).is_empty());
+    let mut e = engine(std::slice::from_ref(&m), &[]);
+    assert!(
+        e.on_reading(&reading(&m, 0, &[("voltage_a", 230.0)]))
+            .is_empty()
+    );
     assert!(e.tick(4 * S).is_empty());
     let d = e.tick(5 * S);
-    assert_eq!(summary(&d), [("comm_loss".to_string(), "warning", Change::Raise)]);
+    assert_eq!(
+        summary(&d),
+        [("comm_loss".to_string(), "warning", Change::Raise)]
+    );
     assert!(e.tick(6 * S).is_empty(), "deduplicated");
     let d = e.on_reading(&reading(&m, 7, &[("voltage_a", 230.0)]));
-    assert_eq!(summary(&d), [("comm_loss".to_string(), "warning", Change::Clear)]);
+    assert_eq!(
+        summary(&d),
+        [("comm_loss".to_string(), "warning", Change::Clear)]
+    );
 }
 
 #[test]
 fn rate_of_change_and_stuck_and_decreasing_counter() {
     let tx = device("TX-1", "transformer", None);
-    let mut e = engine(&[tx.clone()], &[]);
+    let mut e = engine(std::slice::from_ref(&tx), &[]);
     let mut all = Vec::new();
     // 0.1 K per 10 s = 6 K in 10 min: below the 85 °C alarm, a fast rise.
     for i in 0..70 {
         let oil = 60.0 + 0.1 * i as f64;
         all.extend(e.on_reading(&reading(&tx, i * 10, &[("oil_temp", oil)])));
     }
-    assert_eq!(summary(&all), [("oil_temp_rising".to_string(), "warning", Change::Raise)]);
+    assert_eq!(
+        summary(&all),
+        [("oil_temp_rising".to_string(), "warning", Change::Raise)]
+    );
 
     let m = device("MT-1", "meter", None);
-    let mut e = engine(&[m.clone()], &[]);
+    let mut e = engine(std::slice::from_ref(&m), &[]);
     let mut all = Vec::new();
     for i in 0..200 {
         let energy = if i == 100 { 900.0 } else { 1000.0 + i as f64 };
@@ -229,8 +248,14 @@ fn rate_of_change_and_stuck_and_decreasing_counter() {
         )));
     }
     let s = summary(&all);
-    assert!(s.contains(&("energy_decreasing".to_string(), "warning", Change::Raise)), "{s:?}");
-    assert!(s.contains(&("stuck_reading".to_string(), "warning", Change::Raise)), "{s:?}");
+    assert!(
+        s.contains(&("energy_decreasing".to_string(), "warning", Change::Raise)),
+        "{s:?}"
+    );
+    assert!(
+        s.contains(&("stuck_reading".to_string(), "warning", Change::Raise)),
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -251,7 +276,7 @@ fn statistical_rule_flags_unusual_values_inside_fixed_limits() {
             ..RuleConfig::default()
         },
     ];
-    let mut e = engine(&[tx.clone()], &user);
+    let mut e = engine(std::slice::from_ref(&tx), &user);
     let mut all = Vec::new();
     for i in 0..100 {
         let oil = 50.0 + if i % 2 == 0 { 0.5 } else { -0.5 };

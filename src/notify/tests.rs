@@ -1,6 +1,6 @@
+use super::config::CrewConfig;
 use super::*;
 use crate::alarms::{Alarm, AlarmEvent, AlarmState, EventKind};
-use super::config::CrewConfig;
 
 fn alarm() -> Alarm {
     Alarm {

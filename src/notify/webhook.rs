@@ -46,7 +46,11 @@ impl WebhookSender {
     /// Starts the webhook's task.
     pub fn start(cfg: WebhookConfig, metrics: &Registry, cancel: CancellationToken) -> Self {
         let labels = [("webhook", cfg.name.as_str())];
-        let sent = metrics.counter("gridwatch_webhook_sent_total", "Alerts delivered to a webhook.", &labels);
+        let sent = metrics.counter(
+            "gridwatch_webhook_sent_total",
+            "Alerts delivered to a webhook.",
+            &labels,
+        );
         let dropped = metrics.counter(
             "gridwatch_webhook_dropped_total",
             "Alerts given up on after all retries (or a full queue).",
@@ -73,13 +77,24 @@ impl WebhookSender {
                 }
             })
         };
-        WebhookSender { cfg, tx, task, dropped }
+        WebhookSender {
+            cfg,
+            tx,
+            task,
+            dropped,
+        }
     }
 
     /// Queues `msg` if the webhook's filters want it.
     pub fn offer(&self, msg: &AlertMessage) {
-        let crew_ok = self.cfg.crews.is_empty() || msg.crews.iter().any(|c| self.cfg.crews.contains(c));
-        if !(crew_ok && self.cfg.route().matches(&msg.site, &msg.feeder, msg.severity)) {
+        let crew_ok =
+            self.cfg.crews.is_empty() || msg.crews.iter().any(|c| self.cfg.crews.contains(c));
+        if !(crew_ok
+            && self
+                .cfg
+                .route()
+                .matches(&msg.site, &msg.feeder, msg.severity))
+        {
             return;
         }
         match serde_json::to_vec(msg) {
@@ -100,7 +115,12 @@ impl WebhookSender {
     }
 }
 
-async fn deliver(client: &reqwest::Client, cfg: &WebhookConfig, body: Vec<u8>, cancel: &CancellationToken) -> bool {
+async fn deliver(
+    client: &reqwest::Client,
+    cfg: &WebhookConfig,
+    body: Vec<u8>,
+    cancel: &CancellationToken,
+) -> bool {
     let signature = sign(cfg.secret.as_bytes(), &body);
     let mut backoff = Backoff::new(cfg.backoff, Duration::from_secs(60));
     for attempt in 0..=cfg.retries {
