@@ -108,3 +108,74 @@ pub(super) fn validate(config: &Config, origin: &str, errors: &mut Vec<ConfigIss
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str, profile::BUILTIN_PROFILES};
+
+    const BASE: &str = r#"
+[[modbus.endpoints]]
+name = "gw"
+address = "127.0.0.1:502"
+
+[[devices]]
+id = "TX-1"
+kind = "transformer"
+endpoint = "gw"
+unit_id = 1
+profile = "transformer-monitor"
+"#;
+
+    #[test]
+    fn the_reference_config_loads() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gridwatch.toml"),
+        )
+        .unwrap_or_default();
+        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let loaded = load_str(&text, "gridwatch.toml", &base, &BUILTIN_PROFILES);
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
+    }
+
+    #[test]
+    fn alarm_sections_report_errors_with_key_paths() {
+        let text = format!(
+            r#"{BASE}
+[alarms]
+standard = "en50160"
+flapping_transitions = 1
+
+[[rules]]
+id = "oil_temp_high"
+devices = ["TX-9"]
+
+[[rules]]
+id = "mine"
+field = "x"
+
+[notify.mqtt]
+broker = "nohost"
+
+[[notify.webhooks]]
+name = "w"
+url = "not a url"
+crews = ["ghost"]
+"#
+        );
+        let errors = match load_str(&text, "t.toml", std::path::Path::new("."), &BUILTIN_PROFILES) {
+            Ok(_) => panic!("should fail"),
+            Err(e) => e.0,
+        };
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "alarms.flapping_transitions",
+            "rules[1]",
+            "rules[0].devices",
+            "notify.mqtt.broker",
+            "notify.webhooks[0].url",
+            "notify.webhooks[0].crews",
+        ] {
+            assert!(keys.contains(&k), "{k} missing in {errors:#?}");
+        }
+    }
+}
