@@ -162,7 +162,12 @@ url = "not a url"
 crews = ["ghost"]
 "#
         );
-        let errors = match load_str(&text, "t.toml", std::path::Path::new("."), &BUILTIN_PROFILES) {
+        let errors = match load_str(
+            &text,
+            "t.toml",
+            std::path::Path::new("."),
+            &BUILTIN_PROFILES,
+        ) {
             Ok(_) => panic!("should fail"),
             Err(e) => e.0,
         };

@@ -499,7 +499,7 @@ impl Engine {
                 conditions.insert(Arc::clone(&rule.id));
             }
             if let Some(t) = t {
-                out.push(detection(&dev.info, &rule, &s.tracker, t, x, r.ts));
+                out.push(detection(&dev.info, &rule, t, x, r.ts));
             }
         }
         out
@@ -522,7 +522,7 @@ impl Engine {
                     s.tracker
                         .update(now, missed, &rule.levels, rule.direction, rule.delay_off_ns)
                 {
-                    out.push(detection(&dev.info, &rule, &s.tracker, t, missed, now));
+                    out.push(detection(&dev.info, &rule, t, missed, now));
                 }
             }
         }
@@ -533,7 +533,6 @@ impl Engine {
 fn detection(
     device: &Arc<DeviceInfo>,
     rule: &Arc<Rule>,
-    tracker: &LevelTracker,
     t: Transition,
     x: f64,
     ts: Timestamp,
@@ -541,7 +540,7 @@ fn detection(
     let (change, level) = match t {
         Transition::Raise { level } => (Change::Raise, level),
         Transition::Escalate { level } => (Change::Escalate, level),
-        Transition::Clear => (Change::Clear, tracker.active().unwrap_or(0)),
+        Transition::Clear { level } => (Change::Clear, level),
     };
     let l = rule.levels.get(level).or(rule.levels.first());
     Detection {

@@ -34,7 +34,10 @@ pub enum Transition {
         level: usize,
     },
     /// The alarm condition is gone.
-    Clear,
+    Clear {
+        /// The level the alarm had.
+        level: usize,
+    },
 }
 
 /// Hysteresis and delay-on/off over a list of levels.
@@ -114,7 +117,7 @@ impl LevelTracker {
                     if ts - since >= delay_off_ns {
                         self.active = None;
                         self.clear_since = None;
-                        return Some(Transition::Clear);
+                        return Some(Transition::Clear { level: a });
                     }
                     return None;
                 }
@@ -134,12 +137,12 @@ impl LevelTracker {
     /// definition): pending delays reset and an active alarm clears after `delay_off`.
     pub fn update_normal(&mut self, ts: Timestamp, delay_off_ns: i64) -> Option<Transition> {
         self.held_since.iter_mut().for_each(|h| *h = None);
-        self.active?;
+        let level = self.active?;
         let since = *self.clear_since.get_or_insert(ts);
         if ts - since >= delay_off_ns {
             self.active = None;
             self.clear_since = None;
-            return Some(Transition::Clear);
+            return Some(Transition::Clear { level });
         }
         None
     }
@@ -266,7 +269,7 @@ mod tests {
         // Between clear (80) and raise (85): stays active.
         assert_eq!(up(&mut t, 11, 82.0), None);
         assert_eq!(t.active(), Some(0));
-        assert_eq!(up(&mut t, 12, 79.9), Some(Transition::Clear));
+        assert_eq!(up(&mut t, 12, 79.9), Some(Transition::Clear { level: 0 }));
         // Below raise again: nothing.
         assert_eq!(up(&mut t, 13, 84.9), None);
         assert_eq!(t.active(), None);
@@ -297,7 +300,7 @@ mod tests {
         assert_eq!(up(40, 86.0), None); // condition back: delay-off resets
         assert_eq!(up(41, 70.0), None);
         assert_eq!(up(70, 70.0), None);
-        assert_eq!(up(71, 70.0), Some(Transition::Clear));
+        assert_eq!(up(71, 70.0), Some(Transition::Clear { level: 1 }));
 
         let mut t = LevelTracker::default();
         let mut up = |ts: i64, x: f64| t.update(ts * S, x, &l, Direction::Above, 0);
@@ -325,7 +328,7 @@ mod tests {
         assert_eq!(t.update(S, -9.0, &l, Direction::Below, 0), None);
         assert_eq!(
             t.update(2 * S, -7.0, &l, Direction::Below, 0),
-            Some(Transition::Clear)
+            Some(Transition::Clear { level: 0 })
         );
     }
 

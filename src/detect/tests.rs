@@ -347,3 +347,19 @@ fn invalid_rules_are_reported_with_their_index() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_restored_alarm_clears_through_hysteresis_after_a_restart() {
+    let tx = device("TX-1", "transformer", None);
+    let mut e = engine(std::slice::from_ref(&tx), &[]);
+    e.restore("TX-1", "oil_temp_high", Severity::Critical);
+    // Still hot after the restart: no second raise.
+    let d = e.on_reading(&reading(&tx, 0, &normal_tx(96.0, 80.0)));
+    assert!(d.is_empty(), "{:?}", summary(&d));
+    let mut d = e.on_reading(&reading(&tx, 1, &normal_tx(60.0, 75.0)));
+    d.extend(e.on_reading(&reading(&tx, 11, &normal_tx(60.0, 75.0))));
+    assert_eq!(
+        summary(&d),
+        [("oil_temp_high".to_string(), "critical", Change::Clear)]
+    );
+}
