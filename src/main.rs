@@ -281,6 +281,18 @@ fn print_summary(loaded: &LoadedConfig) {
         ),
     }
     println!("http: {}", c.daemon.http_listen);
+    if c.alarms.enabled {
+        let rules = gridwatch::detect::RuleSet::build(&c.alarms, &c.rules)
+            .map(|r| r.rules().len())
+            .unwrap_or(0);
+        println!(
+            "alarms: {rules} rule(s), voltage standard {:?}, {} crew(s), mqtt alerts {}, {} webhook(s)",
+            c.alarms.standard,
+            c.crews.len(),
+            if c.notify.mqtt.is_some() { "on" } else { "off" },
+            c.notify.webhooks.len()
+        );
+    }
     for w in &loaded.warnings {
         println!("warning: {w}");
     }

@@ -3,8 +3,10 @@
 //!
 //! Input is what the file sink writes: `kind,device=..,feeder=..,kind=..,site=.. f=v,... ts`
 //! (other tags are ignored), in time order. Devices are matched to the config by the
-//! `device` tag; unknown devices are built from the tags with their reporting interval
-//! taken from the smallest gap between their lines. Rules and alarm timers run on the
+//! `device` tag; unknown devices are built from the tags. A device's reporting interval is
+//! the larger of its configured interval and the smallest gap between its lines (so a
+//! downsampled export does not look like communication loss). Devices join at their first
+//! line: one missing from the whole file is not reported, one that stops appearing is. Rules and alarm timers run on the
 //! reading timestamps only (communication loss too), so a replay is deterministic.
 
 use std::collections::HashMap;
@@ -87,7 +89,18 @@ pub fn replay(loaded: &LoadedConfig, input: &str) -> Result<ReplayReport, Replay
             continue;
         };
         let slot = slots.entry(device.clone()).or_insert_with(|| {
-            let info = configured.get(&device).cloned().unwrap_or_else(|| {
+            // A file sampled more coarsely than the configured poll interval (a downsampled
+            // export) must not look like communication loss: the interval is at least the
+            // file's own cadence.
+            let gap = gaps.get(&device).copied();
+            let configured = configured.get(&device).map(|d| match gap {
+                Some(g) if g > d.interval_ns => Arc::new(DeviceInfo {
+                    interval_ns: g,
+                    ..(**d).clone()
+                }),
+                _ => Arc::clone(d),
+            });
+            let info = configured.unwrap_or_else(|| {
                 Arc::new(
                     DeviceInfo {
                         id: device.clone(),
@@ -100,7 +113,7 @@ pub fn replay(loaded: &LoadedConfig, input: &str) -> Result<ReplayReport, Replay
                         rated_kva: None,
                         nominal_voltage: None,
                         customers: 1,
-                        interval_ns: gaps.get(&device).copied().unwrap_or(1_000_000_000),
+                        interval_ns: gap.unwrap_or(1_000_000_000),
                         lp_series: String::new(),
                     }
                     .finish(),
@@ -144,19 +157,18 @@ pub fn replay(loaded: &LoadedConfig, input: &str) -> Result<ReplayReport, Replay
             values,
             quality: Quality::Good,
         });
-        let engine = engine.get_or_insert_with(|| {
-            let devs: Vec<Arc<DeviceInfo>> = configured.values().cloned().collect();
-            Engine::new(rules.clone(), &cfg.alarms, &devs, ts)
-        });
+        // Devices join at their first line: one that never appears in the file is not
+        // reported as lost; one that stops appearing is.
+        let engine = engine.get_or_insert_with(|| Engine::new(rules.clone(), &cfg.alarms, &[], ts));
+        for d in engine.on_reading(&reading) {
+            report.events.extend(manager.apply(&d));
+        }
         if ts >= last_tick.saturating_add(1_000_000_000) {
             last_tick = ts;
             for d in engine.tick(ts) {
                 report.events.extend(manager.apply(&d));
             }
             report.events.extend(manager.tick(ts));
-        }
-        for d in engine.on_reading(&reading) {
-            report.events.extend(manager.apply(&d));
         }
         report.readings += 1;
     }
