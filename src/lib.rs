@@ -5,15 +5,19 @@
 //! sources stop first, the pipeline drains, the sink flushes, HTTP stops last, all within
 //! [`SHUTDOWN_DEADLINE`].
 
+pub mod alarms;
 pub mod api;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod detect;
 pub mod history;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod pipeline;
 pub mod registry;
+pub mod replay;
 pub mod sinks;
 pub mod sources;
 pub mod status;
@@ -55,6 +59,12 @@ pub enum DaemonError {
     /// The MQTT source could not start.
     #[error(transparent)]
     Mqtt(#[from] sources::mqtt::MqttError),
+    /// The alarm rules are invalid.
+    #[error(transparent)]
+    Rules(#[from] detect::RuleError),
+    /// The saved alarm state cannot be read.
+    #[error("alarm state: {0}")]
+    AlarmStore(#[from] alarms::store::StoreError),
     /// The HTTP server failed while running.
     #[error("http server failed: {0}")]
     Http(std::io::Error),
@@ -88,6 +98,46 @@ pub fn build_devices(loaded: &LoadedConfig) -> Vec<Arc<DeviceInfo>> {
         .collect()
 }
 
+/// The alarm stage before it runs: rules consumer, engine, service and its channels.
+struct AlarmStage {
+    rules_rx: tokio::sync::mpsc::Receiver<Arc<model::Reading>>,
+    engine: detect::Engine,
+    service: Arc<alarms::service::AlarmService>,
+    events_rx: tokio::sync::mpsc::UnboundedReceiver<alarms::AlarmEvent>,
+    lines_rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+fn build_alarms(
+    loaded: &LoadedConfig,
+    devices: &[Arc<DeviceInfo>],
+    metrics: &Arc<metrics::Registry>,
+    pipeline: &mut Pipeline,
+) -> Result<AlarmStage, DaemonError> {
+    let cfg = &loaded.config;
+    let rules = detect::RuleSet::build(&cfg.alarms, &cfg.rules)?;
+    let path = if cfg.alarms.state_file.is_absolute() {
+        cfg.alarms.state_file.clone()
+    } else {
+        cfg.daemon.data_dir.join(&cfg.alarms.state_file)
+    };
+    let store = Arc::new(alarms::store::FileStore::new(path));
+    let manager =
+        alarms::AlarmManager::new(alarms::AlarmSettings::from_config(&cfg.alarms), store)?;
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (lines_tx, lines_rx) = tokio::sync::mpsc::unbounded_channel();
+    let service =
+        alarms::service::AlarmService::new(manager, Some(events_tx), Some(lines_tx), metrics);
+    let mut engine = detect::Engine::new(rules, &cfg.alarms, devices, model::now_ns());
+    service.restore_into(&mut engine);
+    Ok(AlarmStage {
+        rules_rx: pipeline.consumer("rules", Delivery::Lossy),
+        engine,
+        service,
+        events_rx,
+        lines_rx,
+    })
+}
+
 /// Runs the daemon until `shutdown` is cancelled, then stops it cleanly.
 pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let cfg = &loaded.config;
@@ -105,6 +155,16 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     let mut pipeline = Pipeline::new(cfg.daemon.channel_capacity, Arc::clone(&metrics));
     let sink_rx = pipeline.consumer("telemetry", Delivery::Lossless);
     let history_rx = pipeline.consumer("history", Delivery::Lossy);
+    let alarm_stage = if cfg.alarms.enabled {
+        Some(build_alarms(
+            &loaded,
+            &device_list,
+            &metrics,
+            &mut pipeline,
+        )?)
+    } else {
+        None
+    };
 
     let (writer, settings, max_pending) = match &cfg.storage.influx {
         Some(influx) => (
@@ -170,8 +230,34 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     let hard_stop = CancellationToken::new();
     drain.spawn(pipeline.run());
     drain.spawn(Arc::clone(&history).run(history_rx));
-    drain.spawn(sinks::run_batcher(
+    let (alarm_lines, alarm_service, notify_task, notify_stop) = match alarm_stage {
+        Some(stage) => {
+            drain.spawn(alarms::service::run_rules(
+                stage.rules_rx,
+                stage.engine,
+                Arc::clone(&stage.service),
+                hard_stop.clone(),
+            ));
+            let notify_stop = CancellationToken::new();
+            let task = tokio::spawn(notify::run(
+                stage.events_rx,
+                cfg.notify.clone(),
+                Arc::new(cfg.crews.clone()),
+                Arc::clone(&metrics),
+                notify_stop.clone(),
+            ));
+            (
+                Some(stage.lines_rx),
+                Some(stage.service),
+                Some(task),
+                notify_stop,
+            )
+        }
+        None => (None, None, None, CancellationToken::new()),
+    };
+    drain.spawn(sinks::run_batcher_with_lines(
         sink_rx,
+        alarm_lines,
         Arc::clone(&queue),
         settings,
         Arc::clone(&metrics),
@@ -191,11 +277,15 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         history,
         metrics: Arc::clone(&metrics),
     };
+    let mut router = api::router(state);
+    if let Some(service) = &alarm_service {
+        router = router.merge(api::alarms::router(Arc::clone(service)));
+    }
     let http_stop = CancellationToken::new();
     let http = {
         let stop = http_stop.clone();
         tokio::spawn(async move {
-            axum::serve(listener, api::router(state))
+            axum::serve(listener, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
         })
@@ -240,6 +330,14 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         );
         hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_millis(200), drain.wait()).await;
+    }
+    notify_stop.cancel();
+    if let Some(task) = notify_task
+        && tokio::time::timeout_at(deadline + Duration::from_millis(200), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("alert notifications did not finish before the deadline");
     }
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_millis(300), http).await;

@@ -33,6 +33,18 @@ enum Command {
     /// Run simulated transformers and meters with the daemon and its API (embedded defaults).
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
+    /// Run the configured alarm rules over a line-protocol file and print the alarms they
+    /// would have raised (tune thresholds before deploying them).
+    Replay {
+        /// Configuration file (devices, `[alarms]`, `[[rules]]`).
+        #[arg(long, short, env = "GRIDWATCH_CONFIG")]
+        config: PathBuf,
+        /// Line-protocol file, as written by the file sink.
+        file: PathBuf,
+        /// Print one JSON object per alarm event instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration and print what it describes (exit 2 on errors).
     Check {
         /// Configuration file.
@@ -81,6 +93,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Replay { config, file, json } => match config::load(&config) {
+            Ok(loaded) => exit(replay(&loaded, &file, json)),
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
             init_tracing();
@@ -186,6 +205,36 @@ async fn watch_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
+fn replay(loaded: &LoadedConfig, file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use gridwatch::alarms::EventKind;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let report = gridwatch::replay::replay(loaded, &text)
+        .with_context(|| format!("replaying {}", file.display()))?;
+    let mut raised = 0usize;
+    for ev in &report.events {
+        if !matches!(
+            ev.kind,
+            EventKind::Raised | EventKind::Escalated | EventKind::Cleared | EventKind::Flapping
+        ) {
+            continue;
+        }
+        if ev.kind == EventKind::Raised {
+            raised += 1;
+        }
+        if json {
+            println!("{}", serde_json::to_string(ev)?);
+        } else {
+            println!("{}", gridwatch::replay::format_event(ev));
+        }
+    }
+    eprintln!(
+        "{} readings from {} devices: {} alarm(s) raised, {} still open at the end",
+        report.readings, report.devices, raised, report.open_at_end
+    );
+    Ok(())
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(loaded) => {
@@ -271,6 +320,18 @@ fn print_summary(loaded: &LoadedConfig) {
         ),
     }
     println!("http: {}", c.daemon.http_listen);
+    if c.alarms.enabled {
+        let rules = gridwatch::detect::RuleSet::build(&c.alarms, &c.rules)
+            .map(|r| r.rules().len())
+            .unwrap_or(0);
+        println!(
+            "alarms: {rules} rule(s), voltage standard {:?}, {} crew(s), mqtt alerts {}, {} webhook(s)",
+            c.alarms.standard,
+            c.crews.len(),
+            if c.notify.mqtt.is_some() { "on" } else { "off" },
+            c.notify.webhooks.len()
+        );
+    }
     for w in &loaded.warnings {
         println!("warning: {w}");
     }

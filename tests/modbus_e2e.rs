@@ -340,13 +340,17 @@ fn http_client() -> reqwest::blocking::Client {
     http()
 }
 
-/// Timestamps (ns) of every line of `device` in the daily line-protocol files.
+/// Timestamps (ns) of every telemetry line of `device` in the daily line-protocol files
+/// (alarm lines, which name the device too, are not samples).
 fn lp_timestamps(dir: &std::path::Path, device: &str) -> Vec<i64> {
     let mut out = Vec::new();
     let needle = format!(",device={device},");
     for entry in std::fs::read_dir(dir.join("telemetry")).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        for line in text.lines().filter(|l| l.contains(&needle)) {
+        for line in text
+            .lines()
+            .filter(|l| l.contains(&needle) && !l.starts_with("alarm,"))
+        {
             let ts = line.rsplit(' ').next().unwrap().parse::<i64>().unwrap();
             out.push(ts);
         }

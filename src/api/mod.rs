@@ -4,6 +4,8 @@
 //! connected source (`sources.mqtt: {connected, error, since}`); `/readyz` answers 503 while
 //! a source is disconnected.
 
+pub mod alarms;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -6,6 +6,7 @@
 //! error carries the file and the full key path (`devices[3].profile: ...`). Semantic checks
 //! (unknown profile or endpoint, duplicate ids) run after and are collected the same way.
 
+mod alarms;
 mod mqtt;
 pub mod profile;
 mod types;
@@ -134,6 +135,10 @@ pub fn load_str(
     let devices_value = take("devices");
     broken.devices = raw_names(devices_value.clone(), "id");
     let devices: Vec<DeviceConfig> = array(devices_value, "devices", origin, &mut issues);
+    let alarms = section(take("alarms"), "alarms", origin, &mut issues);
+    let rules = array(take("rules"), "rules", origin, &mut issues);
+    let notify = section(take("notify"), "notify", origin, &mut issues);
+    let crews = array(take("crews"), "crews", origin, &mut issues);
     let mut profiles = BTreeMap::new();
     if let Some(v) = take("profiles") {
         match v.into_table() {
@@ -174,6 +179,10 @@ pub fn load_str(
         modbus,
         mqtt,
         devices,
+        alarms,
+        rules,
+        notify,
+        crews,
     };
     // Names whose element failed to parse: references to them are not "unknown" as well.
     for ep in &config.modbus.endpoints {

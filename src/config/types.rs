@@ -19,6 +19,14 @@ pub struct Config {
     pub mqtt: Option<super::MqttConfig>,
     /// `[[devices]]`: every monitored device.
     pub devices: Vec<DeviceConfig>,
+    /// `[alarms]`: rule engine and alarm state machine settings.
+    pub alarms: crate::detect::config::AlarmsConfig,
+    /// `[[rules]]`: rules and overrides of the built-in library.
+    pub rules: Vec<crate::detect::config::RuleConfig>,
+    /// `[notify]`: MQTT alerts and webhooks.
+    pub notify: crate::notify::config::NotifyConfig,
+    /// `[[crews]]`: field crews and the alarms routed to them.
+    pub crews: Vec<crate::notify::config::CrewConfig>,
 }
 
 /// `[daemon]`

@@ -312,6 +312,7 @@ pub(super) fn validate(
             }
         }
     }
+    super::alarms::validate(config, origin, errors);
     if config.devices.is_empty() {
         warnings.push(at("devices".into(), "no devices configured".into()));
     }

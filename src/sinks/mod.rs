@@ -74,7 +74,20 @@ pub struct BatchSettings {
 
 /// Encodes readings into batches until the pipeline closes `rx`, then flushes the last one.
 pub async fn run_batcher(
+    rx: mpsc::Receiver<Arc<Reading>>,
+    queue: Arc<BatchQueue>,
+    settings: BatchSettings,
+    metrics: Arc<Registry>,
+) {
+    run_batcher_with_lines(rx, None, queue, settings, metrics).await
+}
+
+/// [`run_batcher`] that also accepts pre-encoded line-protocol lines (each newline-terminated)
+/// on `lines`, batched with the readings: how alarm events reach the store as the `alarm`
+/// measurement. Lines still queued when `rx` closes are flushed with the last batch.
+pub async fn run_batcher_with_lines(
     mut rx: mpsc::Receiver<Arc<Reading>>,
+    mut lines: Option<mpsc::UnboundedReceiver<String>>,
     queue: Arc<BatchQueue>,
     settings: BatchSettings,
     metrics: Arc<Registry>,
@@ -101,6 +114,10 @@ pub async fn run_batcher(
                     seal(&mut body, &mut points, &queue, &encoded);
                 }
             }
+            Some(text) = recv_lines(&mut lines) => {
+                body.push_str(&text);
+                points += text.lines().count();
+            }
             _ = tick.tick() => {
                 if points > 0 {
                     seal(&mut body, &mut points, &queue, &encoded);
@@ -108,10 +125,23 @@ pub async fn run_batcher(
             }
         }
     }
+    if let Some(lines) = lines.as_mut() {
+        while let Ok(text) = lines.try_recv() {
+            body.push_str(&text);
+            points += text.lines().count();
+        }
+    }
     if points > 0 {
         seal(&mut body, &mut points, &queue, &encoded);
     }
     queue.close();
+}
+
+async fn recv_lines(lines: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match lines {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn seal(body: &mut String, points: &mut usize, queue: &BatchQueue, encoded: &Counter) {

@@ -1,0 +1,205 @@
+//! The running alarm stage: the `rules` pipeline consumer feeds the rule engine, the alarm
+//! manager turns detections into events, and events fan out to notifications and to the
+//! TSDB (`alarm` measurement). The API calls [`AlarmService`] to list, acknowledge and shelve.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::{Alarm, AlarmError, AlarmEvent, AlarmManager, EventKind};
+use crate::detect::{Detection, Engine};
+use crate::metrics::{Counter, Registry};
+use crate::model::{Reading, Timestamp};
+use crate::sinks::lineproto::{self, FieldValue};
+
+/// Appends the `alarm` line for `ev` (raises, escalations, clears, acknowledgements,
+/// flapping) to `buf`; other events write nothing. Tags: device, feeder, kind, rule,
+/// severity, site; fields: event (string), state, value, limit, id; time: the event time.
+pub fn write_alarm_line(buf: &mut String, ev: &AlarmEvent) {
+    if !matches!(
+        ev.kind,
+        EventKind::Raised
+            | EventKind::Escalated
+            | EventKind::Cleared
+            | EventKind::Acknowledged
+            | EventKind::Flapping
+    ) {
+        return;
+    }
+    let a = &ev.alarm;
+    let key = lineproto::series_key(
+        "alarm",
+        &[
+            ("device", &a.device),
+            ("feeder", &a.feeder),
+            ("kind", &a.kind),
+            ("rule", &a.rule),
+            ("severity", a.severity.as_str()),
+            ("site", &a.site),
+        ],
+    );
+    let active = !matches!(ev.kind, EventKind::Cleared);
+    lineproto::write_line(
+        buf,
+        &key,
+        &[
+            ("event", FieldValue::Str(ev.kind.as_str())),
+            ("active", FieldValue::I64(i64::from(active))),
+            ("value", FieldValue::F64(a.value)),
+            ("limit", FieldValue::F64(a.limit)),
+            (
+                "id",
+                FieldValue::I64(i64::try_from(a.id).unwrap_or(i64::MAX)),
+            ),
+        ],
+        ev.at,
+    );
+}
+
+/// Shared handle on the alarm state.
+pub struct AlarmService {
+    manager: Mutex<AlarmManager>,
+    events: Option<mpsc::UnboundedSender<AlarmEvent>>,
+    lines: Option<mpsc::UnboundedSender<String>>,
+    raised: Counter,
+}
+
+impl AlarmService {
+    /// Wraps `manager`; events go to `events` (notifications) and `lines` (TSDB).
+    pub fn new(
+        manager: AlarmManager,
+        events: Option<mpsc::UnboundedSender<AlarmEvent>>,
+        lines: Option<mpsc::UnboundedSender<String>>,
+        metrics: &Registry,
+    ) -> Arc<Self> {
+        Arc::new(AlarmService {
+            manager: Mutex::new(manager),
+            events,
+            lines,
+            raised: metrics.counter("gridwatch_alarms_raised_total", "Alarms raised.", &[]),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AlarmManager> {
+        self.manager.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, events: Vec<AlarmEvent>) {
+        for ev in events {
+            if ev.kind == EventKind::Raised {
+                self.raised.inc();
+            }
+            tracing::info!(
+                event = ev.kind.as_str(),
+                id = ev.alarm.id,
+                device = %ev.alarm.device,
+                rule = %ev.alarm.rule,
+                severity = ev.alarm.severity.as_str(),
+                value = ev.alarm.value,
+                limit = ev.alarm.limit,
+                "alarm"
+            );
+            if let Some(lines) = &self.lines {
+                let mut buf = String::new();
+                write_alarm_line(&mut buf, &ev);
+                if !buf.is_empty() {
+                    let _ = lines.send(buf);
+                }
+            }
+            if let Some(tx) = &self.events {
+                let _ = tx.send(ev);
+            }
+        }
+    }
+
+    /// Applies detections from the engine.
+    pub fn apply(&self, detections: &[Detection]) {
+        if detections.is_empty() {
+            return;
+        }
+        let events: Vec<AlarmEvent> = {
+            let mut m = self.lock();
+            detections.iter().flat_map(|d| m.apply(d)).collect()
+        };
+        self.emit(events);
+    }
+
+    /// Shelf expiry and flapping settling at `now`.
+    pub fn tick(&self, now: Timestamp) {
+        let events = self.lock().tick(now);
+        self.emit(events);
+    }
+
+    /// Current alarms.
+    pub fn list(&self) -> Vec<Alarm> {
+        self.lock().list()
+    }
+
+    /// Acknowledges an alarm.
+    pub fn ack(&self, id: u64, by: Option<String>, now: Timestamp) -> Result<Alarm, AlarmError> {
+        let events = self.lock().ack(id, by, now)?;
+        let alarm = events
+            .first()
+            .map(|e| e.alarm.clone())
+            .ok_or(AlarmError::NotFound(id))?;
+        self.emit(events);
+        Ok(alarm)
+    }
+
+    /// Shelves an alarm for `duration`.
+    pub fn shelve(
+        &self,
+        id: u64,
+        duration: Duration,
+        by: Option<String>,
+        now: Timestamp,
+    ) -> Result<Alarm, AlarmError> {
+        let ns = i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX);
+        let events = self.lock().shelve(id, ns, by, now)?;
+        let alarm = events
+            .first()
+            .map(|e| e.alarm.clone())
+            .ok_or(AlarmError::NotFound(id))?;
+        self.emit(events);
+        Ok(alarm)
+    }
+
+    /// Restores the engine's view of alarms that were active before a restart.
+    pub fn restore_into(&self, engine: &mut Engine) {
+        for (device, rule, severity) in self.lock().active_conditions() {
+            engine.restore(&device, &rule, severity);
+        }
+    }
+}
+
+/// The `rules` consumer: evaluates every reading, and once a second checks communication
+/// loss and alarm timers on the wall clock. Ends when the pipeline closes `rx` or on
+/// `cancel`.
+pub async fn run_rules(
+    mut rx: mpsc::Receiver<Arc<Reading>>,
+    mut engine: Engine,
+    service: Arc<AlarmService>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            maybe = rx.recv() => {
+                let Some(r) = maybe else { break };
+                let d = engine.on_reading(&r);
+                service.apply(&d);
+            }
+            _ = tick.tick() => {
+                let now = crate::model::now_ns();
+                let d = engine.tick(now);
+                service.apply(&d);
+                service.tick(now);
+            }
+            _ = cancel.cancelled() => break,
+        }
+    }
+}
