@@ -83,6 +83,12 @@ pub fn demo_config(opts: &DemoOptions, modbus_addr: SocketAddr) -> Result<Loaded
         ep.address = modbus_addr.to_string();
     }
     c.daemon.http_listen = opts.http;
+    // The demo runs without tokens, which the config only allows on loopback.
+    c.api.auth = if opts.http.ip().is_loopback() {
+        config::AuthMode::Off
+    } else {
+        config::AuthMode::On
+    };
     c.daemon.data_dir = opts.data_dir.clone();
     c.storage.influx = opts.influx.clone();
     Ok(loaded)
@@ -121,6 +127,15 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     println!(
         "  faults:           TX-0003 over-temperature, MT-0017 stops answering, TX-0007 loses phase B (every 5 min)"
     );
+    if loaded.config.api.auth == config::AuthMode::Off {
+        println!(
+            "  WARNING:          API authentication is off (loopback only); every request acts as admin"
+        );
+    } else {
+        println!(
+            "  auth:             on; create a token with `gridwatch users add NAME --role admin --config ...`"
+        );
+    }
     println!("  stop with Ctrl-C");
 
     let faults_cancel = shutdown.child_token();

@@ -1,4 +1,15 @@
-//! The HTTP API: health, devices with their status and latest values, metrics.
+//! The HTTP API: health, devices with their status and latest values, metrics, alarms,
+//! events, maintenance, work orders, users, the live stream and the OpenAPI document.
+//!
+//! Every route is one row of [`routes::table`]: method, path, least role, documentation and
+//! handler. [`router`] builds the axum router from the table and the OpenAPI document is
+//! generated from the same rows, so the two cannot drift. Authentication is [`auth`];
+//! errors map to status codes in [`error::ApiError`].
+
+pub mod auth;
+pub mod error;
+pub mod handlers;
+pub mod routes;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -6,7 +17,6 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
@@ -26,23 +36,34 @@ pub struct AppState {
     pub history: Arc<History>,
     /// Daemon metrics.
     pub metrics: Arc<Registry>,
+    /// Event log, alarms, maintenance, work orders, users, audit trail.
+    pub eventlog: Arc<crate::eventlog::EventLog>,
+    /// Authentication and lockout state.
+    pub auth: Arc<auth::Auth>,
+    /// Live events for `/api/v1/stream`.
+    pub hub: crate::hub::Hub,
+    /// The telemetry queue, for the spool depth in `/readyz`.
+    pub queue: Option<Arc<crate::sinks::queue::BatchQueue>>,
 }
 
-/// Builds the router.
+/// Builds the router from [`routes::table`], each route behind its role check.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}", get(get_device))
-        .with_state(state)
+    let mut router = Router::new();
+    for row in routes::table() {
+        let layer =
+            axum::middleware::from_fn_with_state((state.clone(), row.spec.access), auth::require);
+        router = router.route(row.spec.path, row.handler.route_layer(layer));
+    }
+    router.with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+/// Liveness: the process answers.
+pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+/// Prometheus metrics.
+pub async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
@@ -118,13 +139,35 @@ fn view(s: &AppState, d: &DeviceInfo) -> DeviceView {
     }
 }
 
-async fn list_devices(State(s): State<AppState>) -> Json<Vec<DeviceView>> {
+/// Every device.
+pub async fn list_devices(State(s): State<AppState>) -> Json<Vec<DeviceView>> {
     Json(s.devices.iter().map(|d| view(&s, d)).collect())
 }
 
-async fn get_device(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+/// One device with its latest values and open alarms.
+pub async fn get_device(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     match s.devices.iter().find(|d| d.id == id) {
-        Some(d) => Json(view(&s, d)).into_response(),
+        Some(d) => {
+            let log = Arc::clone(&s.eventlog);
+            let dev = d.id.clone();
+            let alarms = tokio::task::spawn_blocking(move || {
+                log.list_alarms(true, Some(&dev), None, None, 1000)
+            })
+            .await;
+            let alarms = match alarms {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => return error::ApiError::from(e).into_response(),
+                Err(e) => return error::ApiError::Internal(e.to_string()).into_response(),
+            };
+            let mut v = serde_json::to_value(view(&s, d)).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "active_alarms".into(),
+                    serde_json::to_value(alarms).unwrap_or_default(),
+                );
+            }
+            Json(v).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": format!("unknown device {id:?}") })),
