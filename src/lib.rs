@@ -6,6 +6,7 @@
 //! [`SHUTDOWN_DEADLINE`].
 
 pub mod api;
+pub mod cli;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
