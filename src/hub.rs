@@ -30,7 +30,7 @@ pub enum LiveEvent {
         /// What happened: `raised`, `escalated`, `acknowledged`, `shelved`, `cleared`.
         change: String,
         /// The alarm after the change.
-        alarm: AlarmRecord,
+        alarm: Box<AlarmRecord>,
     },
     /// A device changed status.
     DeviceStatus {

@@ -152,7 +152,7 @@ impl EventLog {
         };
         self.hub.publish(LiveEvent::Alarm {
             change: change.into(),
-            alarm: alarm.clone(),
+            alarm: Box::new(alarm.clone()),
         });
         Ok(alarm)
     }
@@ -225,7 +225,7 @@ impl EventLog {
                 }],
                 live: vec![LiveEvent::Alarm {
                     change: "acknowledged".into(),
-                    alarm: after.clone(),
+                    alarm: Box::new(after.clone()),
                 }],
                 before: Some(serde_json::to_value(&before)?),
                 after: Some(serde_json::to_value(&after)?),
@@ -270,7 +270,7 @@ impl EventLog {
                 }],
                 live: vec![LiveEvent::Alarm {
                     change: "shelved".into(),
-                    alarm: after.clone(),
+                    alarm: Box::new(after.clone()),
                 }],
                 before: Some(serde_json::to_value(&before)?),
                 after: Some(serde_json::to_value(&after)?),
