@@ -160,6 +160,12 @@ pub fn demo_config(opts: &DemoOptions, modbus_addr: SocketAddr) -> Result<Loaded
     if let (Some(mqtt), Some(broker)) = (&mut c.mqtt, &opts.mqtt_broker) {
         mqtt.broker = broker.clone();
     }
+    // The demo runs without tokens, which the config only allows on loopback.
+    c.api.auth = if opts.http.ip().is_loopback() {
+        config::AuthMode::Off
+    } else {
+        config::AuthMode::On
+    };
     c.daemon.data_dir = opts.data_dir.clone();
     c.storage.influx = opts.influx.clone();
     Ok(loaded)
@@ -218,6 +224,15 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> Result<(), D
     println!(
         "                    MQ-0005 outage (last gasp), MQ-0012 neutral loss, MQ-0023 energy register backwards, MQ-0031 clock 15 min ahead"
     );
+    if loaded.config.api.auth == config::AuthMode::Off {
+        println!(
+            "  WARNING:          API authentication is off (loopback only); every request acts as admin"
+        );
+    } else {
+        println!(
+            "  auth:             on; create a token with `gridwatch users add NAME --role admin --config ...`"
+        );
+    }
     println!("  stop with Ctrl-C");
 
     let faults_cancel = shutdown.child_token();

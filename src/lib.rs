@@ -7,11 +7,14 @@
 
 pub mod alarms;
 pub mod api;
+pub mod cli;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod detect;
+pub mod eventlog;
 pub mod history;
+pub mod hub;
 pub mod metrics;
 pub mod model;
 pub mod notify;
@@ -65,6 +68,9 @@ pub enum DaemonError {
     /// The saved alarm state cannot be read.
     #[error("alarm state: {0}")]
     AlarmStore(#[from] alarms::store::StoreError),
+    /// The event log could not be opened.
+    #[error(transparent)]
+    EventLog(#[from] eventlog::EventLogError),
     /// The HTTP server failed while running.
     #[error("http server failed: {0}")]
     Http(std::io::Error),
@@ -155,6 +161,25 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     let mut pipeline = Pipeline::new(cfg.daemon.channel_capacity, Arc::clone(&metrics));
     let sink_rx = pipeline.consumer("telemetry", Delivery::Lossless);
     let history_rx = pipeline.consumer("history", Delivery::Lossy);
+    let stream_rx = pipeline.consumer("stream", Delivery::Lossy);
+    let hub = hub::Hub::new();
+    let eventlog = eventlog::EventLog::open(
+        &cfg.daemon.data_dir,
+        &cfg.eventlog,
+        &device_list,
+        hub.clone(),
+        &metrics,
+    )?;
+    record_lifecycle(
+        &eventlog,
+        eventlog::EventKind::ConfigLoaded,
+        serde_json::json!({ "origin": loaded.origin, "devices": device_list.len() }),
+    )
+    .await;
+    let auth = Arc::new(api::auth::Auth::new(&cfg.api, &metrics));
+    if auth.is_off() {
+        tracing::warn!(http = %cfg.daemon.http_listen, "API authentication is OFF (loopback only): every request acts as admin");
+    }
     let alarm_stage = if cfg.alarms.enabled {
         Some(build_alarms(
             &loaded,
@@ -239,8 +264,14 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
                 hard_stop.clone(),
             ));
             let notify_stop = CancellationToken::new();
-            let task = tokio::spawn(notify::run(
+            let (notify_tx, notify_rx) = tokio::sync::mpsc::unbounded_channel();
+            drain.spawn(log_alarm_events(
                 stage.events_rx,
+                Arc::clone(&eventlog),
+                notify_tx,
+            ));
+            let task = tokio::spawn(notify::run(
+                notify_rx,
                 cfg.notify.clone(),
                 Arc::new(cfg.crews.clone()),
                 Arc::clone(&metrics),
@@ -268,7 +299,24 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         Arc::clone(&metrics),
         hard_stop.clone(),
     ));
+    drain.spawn(forward_readings(stream_rx, hub.clone()));
     drain.close();
+
+    let background_cancel = CancellationToken::new();
+    let background = TaskTracker::new();
+    background.spawn(log_status_changes(
+        status.subscribe(),
+        Arc::clone(&eventlog),
+        hub.clone(),
+        metrics.counter(
+            "gridwatch_status_events_lost_total",
+            "Device status changes the event log missed because it lagged.",
+            &[],
+        ),
+        background_cancel.clone(),
+    ));
+    background.spawn(Arc::clone(&eventlog).run_purge(background_cancel.clone()));
+    background.close();
 
     let state = api::AppState {
         devices: registry,
@@ -276,21 +324,32 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         status,
         history,
         metrics: Arc::clone(&metrics),
+        eventlog: Arc::clone(&eventlog),
+        auth,
+        hub,
+        queue: Some(Arc::clone(&queue)),
+        alarms: alarm_service.clone(),
     };
-    let mut router = api::router(state);
-    if let Some(service) = &alarm_service {
-        router = router.merge(api::alarms::router(Arc::clone(service)));
-    }
+    let router = api::router(state);
     let http_stop = CancellationToken::new();
     let http = {
         let stop = http_stop.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
         })
     };
     tracing::info!(config = %loaded.origin, http = %http_addr, devices = devices.len(), modbus_connections = modbus_tasks, mqtt = mqtt_running, "gridwatch running");
+    record_lifecycle(
+        &eventlog,
+        eventlog::EventKind::DaemonStarted,
+        serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "http": http_addr.to_string() }),
+    )
+    .await;
 
     let mut http = http;
     let mut failure = None;
@@ -341,9 +400,169 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     }
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_millis(300), http).await;
+    background_cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_millis(500), background.wait()).await;
+    record_lifecycle(
+        &eventlog,
+        eventlog::EventKind::DaemonStopped,
+        serde_json::json!({ "clean": failure.is_none() }),
+    )
+    .await;
     tracing::info!("gridwatch stopped");
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Records a config-loaded / started / stopped event; a failure is logged, not fatal.
+async fn record_lifecycle(
+    log: &Arc<eventlog::EventLog>,
+    kind: eventlog::EventKind,
+    detail: serde_json::Value,
+) {
+    let log = Arc::clone(log);
+    let event = eventlog::Event::system(kind, None, detail);
+    match tokio::task::spawn_blocking(move || log.record(event)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(kind = kind.as_str(), error = %e, "cannot record event"),
+        Err(e) => tracing::warn!(kind = kind.as_str(), error = %e, "cannot record event"),
+    }
+}
+
+/// Turns every device status transition into a device online / offline / degraded event
+/// and a live-stream message.
+async fn log_status_changes(
+    mut rx: tokio::sync::broadcast::Receiver<status::StatusChange>,
+    log: Arc<eventlog::EventLog>,
+    hub: hub::Hub,
+    lost: metrics::Counter,
+    cancel: CancellationToken,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let change = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = rx.recv() => match r {
+                Ok(c) => c,
+                Err(RecvError::Lagged(n)) => {
+                    lost.add(n);
+                    tracing::warn!(lost = n, "event log lagged behind device status changes");
+                    continue;
+                }
+                Err(RecvError::Closed) => break,
+            },
+        };
+        let kind = match change.to {
+            status::DeviceStatus::Online => eventlog::EventKind::DeviceOnline,
+            status::DeviceStatus::Offline => eventlog::EventKind::DeviceOffline,
+            status::DeviceStatus::Degraded => eventlog::EventKind::DeviceDegraded,
+            status::DeviceStatus::Unknown => continue,
+        };
+        hub.publish(hub::LiveEvent::DeviceStatus {
+            device: change.device.clone(),
+            from: change.from,
+            to: change.to,
+            at: change.at,
+        });
+        let event = eventlog::Event {
+            ts: change.at,
+            kind,
+            device: Some(change.device.clone()),
+            actor: eventlog::SYSTEM.into(),
+            detail: serde_json::json!({ "from": change.from, "to": change.to }),
+        };
+        let log = Arc::clone(&log);
+        match tokio::task::spawn_blocking(move || log.record(event)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(device = %change.device, error = %e, "cannot record device status event")
+            }
+            Err(e) => {
+                tracing::warn!(device = %change.device, error = %e, "cannot record device status event")
+            }
+        }
+    }
+}
+
+/// Records the alarm engine's raises, escalations and clears in the event log (which also
+/// publishes them to the live stream), then hands every event on to the notifier.
+/// Acknowledgements and shelving are not recorded here: they come in through the API, which
+/// records them with the person who did it and an audit record.
+async fn log_alarm_events(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<alarms::AlarmEvent>,
+    log: Arc<eventlog::EventLog>,
+    notify: tokio::sync::mpsc::UnboundedSender<alarms::AlarmEvent>,
+) {
+    use eventlog::AlarmStore as _;
+    while let Some(ev) = rx.recv().await {
+        let kind = ev.kind;
+        let a = ev.alarm.clone();
+        let log = Arc::clone(&log);
+        let result = tokio::task::spawn_blocking(move || -> Result<(), eventlog::EventLogError> {
+            let open = || -> Result<Option<i64>, eventlog::EventLogError> {
+                Ok(log
+                    .list_alarms(true, Some(&a.device), None, None, 1000)?
+                    .into_iter()
+                    .find(|r| r.rule == a.rule && r.cleared_at.is_none())
+                    .map(|r| r.id))
+            };
+            match kind {
+                alarms::EventKind::Raised | alarms::EventKind::Flapping => {
+                    let detail = serde_json::json!({
+                        "engine_id": a.id, "value": a.value, "limit": a.limit, "unit": a.unit,
+                        "action": a.action, "site": a.site, "feeder": a.feeder,
+                        "location": a.location, "since": a.since, "flapping": a.flapping,
+                    });
+                    log.raise_alarm(
+                        &a.device,
+                        &a.rule,
+                        a.severity.as_str(),
+                        &a.description,
+                        detail,
+                    )?;
+                }
+                alarms::EventKind::Escalated => {
+                    if let Some(id) = open()? {
+                        log.escalate_alarm(id, a.severity.as_str())?;
+                    }
+                }
+                alarms::EventKind::Cleared => {
+                    if let Some(id) = open()? {
+                        log.clear_alarm(id)?;
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(device = %ev.alarm.device, rule = %ev.alarm.rule, error = %e, "cannot record alarm event")
+            }
+            Err(e) => tracing::error!(error = %e, "alarm event task failed"),
+        }
+        let _ = notify.send(ev);
+    }
+}
+
+/// Publishes readings to the live stream while someone subscribes to them.
+async fn forward_readings(mut rx: tokio::sync::mpsc::Receiver<Arc<model::Reading>>, hub: hub::Hub) {
+    while let Some(r) = rx.recv().await {
+        if !hub.wants_readings() {
+            continue;
+        }
+        let values = r
+            .values
+            .iter()
+            .map(|(id, v)| (r.schema.name(*id).to_string(), *v))
+            .collect();
+        hub.publish_reading(hub::LiveEvent::Reading {
+            device: r.device.id.clone(),
+            ts: r.ts,
+            values,
+        });
     }
 }

@@ -51,6 +51,136 @@ enum Command {
         #[arg(long, short, env = "GRIDWATCH_CONFIG")]
         config: PathBuf,
     },
+    /// Manage API users (works on the database in the config's data_dir).
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// List events from a running daemon.
+    Events(EventsArgs),
+    /// List alarms from a running daemon.
+    Alarms(AlarmsArgs),
+    /// Maintenance records on a running daemon.
+    #[command(subcommand)]
+    Maintenance(MaintenanceCmd),
+}
+
+/// Where the daemon is and how to authenticate.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Base URL of the daemon's API.
+    #[arg(long, env = "GRIDWATCH_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token.
+    #[arg(long, env = "GRIDWATCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum UsersCmd {
+    /// Create a user and print its token (once: only a hash is stored).
+    Add {
+        /// User name.
+        name: String,
+        /// viewer, operator, crew, engineer or admin.
+        #[arg(long)]
+        role: String,
+        /// Configuration file (for data_dir).
+        #[arg(long, short, env = "GRIDWATCH_CONFIG")]
+        config: PathBuf,
+    },
+    /// List users.
+    List {
+        /// Configuration file (for data_dir).
+        #[arg(long, short, env = "GRIDWATCH_CONFIG")]
+        config: PathBuf,
+    },
+    /// Disable a user; its token stops working.
+    Disable {
+        /// User name.
+        name: String,
+        /// Configuration file (for data_dir).
+        #[arg(long, short, env = "GRIDWATCH_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct EventsArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Only this device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Only devices of this site.
+    #[arg(long)]
+    site: Option<String>,
+    /// Only devices on this feeder.
+    #[arg(long)]
+    feeder: Option<String>,
+    /// Since a time (RFC 3339) or a duration ago ("7d").
+    #[arg(long)]
+    since: Option<String>,
+    /// Until a time or a duration ago.
+    #[arg(long)]
+    until: Option<String>,
+    /// Event kinds, comma-separated (alarm_raised, device_offline, maintenance, ...).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Most events.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// CSV export (needs the engineer role).
+    #[arg(long)]
+    csv: bool,
+}
+
+#[derive(clap::Args)]
+struct AlarmsArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Only open alarms (default: history too).
+    #[arg(long)]
+    active: bool,
+    /// Only this device.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum MaintenanceCmd {
+    /// Record maintenance work.
+    Add {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Device id.
+        #[arg(long)]
+        device: String,
+        /// inspection, repair, replacement, oil_sample or test.
+        #[arg(long)]
+        kind: String,
+        /// Free-text note.
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Crew.
+        #[arg(long, default_value = "")]
+        crew: String,
+        /// Findings.
+        #[arg(long, default_value = "")]
+        findings: String,
+        /// Part used (repeat for more).
+        #[arg(long = "part")]
+        parts: Vec<String>,
+    },
+    /// List maintenance records.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Most records.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[cfg(feature = "demo")]
@@ -100,6 +230,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Users(cmd) => exit(users(cmd)),
+        Command::Events(args) => exit(client_runtime(events(args))),
+        Command::Alarms(args) => exit(client_runtime(alarms(args))),
+        Command::Maintenance(cmd) => exit(client_runtime(maintenance(cmd))),
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
             init_tracing();
@@ -335,4 +469,149 @@ fn print_summary(loaded: &LoadedConfig) {
     for w in &loaded.warnings {
         println!("warning: {w}");
     }
+}
+
+fn data_dir_of(config: &std::path::Path) -> anyhow::Result<PathBuf> {
+    match config::load(config) {
+        Ok(loaded) => Ok(loaded.config.daemon.data_dir),
+        Err(errors) => anyhow::bail!("{errors}"),
+    }
+}
+
+fn users(cmd: UsersCmd) -> anyhow::Result<()> {
+    use gridwatch::api::auth::Role;
+    match cmd {
+        UsersCmd::Add { name, role, config } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!("--role: expected viewer, operator, crew, engineer or admin, got {role:?}")
+            })?;
+            let token = gridwatch::cli::add_user(&data_dir_of(&config)?, &name, role)?;
+            eprintln!(
+                "user {name} ({}) created; its token (shown only now):",
+                role.as_str()
+            );
+            println!("{token}");
+        }
+        UsersCmd::List { config } => {
+            let rows = gridwatch::cli::list_users(&data_dir_of(&config)?)?;
+            gridwatch::cli::print_rows(
+                &rows,
+                &["name", "role", "token_id", "disabled_at"],
+                gridwatch::cli::Output::detect(),
+            );
+        }
+        UsersCmd::Disable { name, config } => {
+            gridwatch::cli::disable_user(&data_dir_of(&config)?, &name)?;
+            eprintln!("user {name} disabled");
+        }
+    }
+    Ok(())
+}
+
+fn client_runtime(
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(fut)
+}
+
+async fn events(a: EventsArgs) -> anyhow::Result<()> {
+    let client = gridwatch::cli::Client::new(&a.api.url, a.api.token)?;
+    let mut q: Vec<(&str, String)> = vec![("limit", a.limit.to_string())];
+    for (k, v) in [
+        ("device", a.device),
+        ("site", a.site),
+        ("feeder", a.feeder),
+        ("since", a.since),
+        ("until", a.until),
+        ("kind", a.kind),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v));
+        }
+    }
+    if a.csv {
+        q.push(("format", "csv".into()));
+        print!("{}", client.get_text("/api/v1/events", &q).await?);
+        return Ok(());
+    }
+    let page = client.get_json("/api/v1/events", &q).await?;
+    let rows = page["items"].as_array().cloned().unwrap_or_default();
+    gridwatch::cli::print_rows(
+        &rows,
+        &["id", "time", "kind", "device", "actor", "detail"],
+        gridwatch::cli::Output::detect(),
+    );
+    Ok(())
+}
+
+async fn alarms(a: AlarmsArgs) -> anyhow::Result<()> {
+    let client = gridwatch::cli::Client::new(&a.api.url, a.api.token)?;
+    let mut q: Vec<(&str, String)> =
+        vec![("active", a.active.to_string()), ("limit", "1000".into())];
+    if let Some(d) = a.device {
+        q.push(("device", d));
+    }
+    let list = client.get_json("/api/v1/alarms", &q).await?;
+    let rows = list.as_array().cloned().unwrap_or_default();
+    gridwatch::cli::print_rows(
+        &rows,
+        &[
+            "id", "device", "rule", "severity", "state", "shelved", "acked_by", "message",
+        ],
+        gridwatch::cli::Output::detect(),
+    );
+    Ok(())
+}
+
+async fn maintenance(cmd: MaintenanceCmd) -> anyhow::Result<()> {
+    match cmd {
+        MaintenanceCmd::Add {
+            api,
+            device,
+            kind,
+            note,
+            crew,
+            findings,
+            parts,
+        } => {
+            let client = gridwatch::cli::Client::new(&api.url, api.token)?;
+            let body = serde_json::json!({
+                "device": device, "kind": kind, "notes": note, "crew": crew,
+                "findings": findings, "parts": parts,
+            });
+            let rec = client.post_json("/api/v1/maintenance", &body).await?;
+            gridwatch::cli::print_rows(
+                &[rec],
+                &["id", "device", "kind", "status", "crew", "notes"],
+                gridwatch::cli::Output::detect(),
+            );
+        }
+        MaintenanceCmd::List { api, device, limit } => {
+            let client = gridwatch::cli::Client::new(&api.url, api.token)?;
+            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            if let Some(d) = device {
+                q.push(("device", d));
+            }
+            let page = client.get_json("/api/v1/maintenance", &q).await?;
+            let rows = page["items"].as_array().cloned().unwrap_or_default();
+            gridwatch::cli::print_rows(
+                &rows,
+                &[
+                    "id",
+                    "device",
+                    "kind",
+                    "status",
+                    "crew",
+                    "created_by",
+                    "notes",
+                ],
+                gridwatch::cli::Output::detect(),
+            );
+        }
+    }
+    Ok(())
 }

@@ -77,9 +77,21 @@ pub struct StatusChange {
 }
 
 /// Shared status of every device.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StatusBoard {
     devices: RwLock<HashMap<String, DeviceState>>,
+    /// Every transition is also broadcast here, whichever source reported it, for the
+    /// event log and the live stream ([`StatusBoard::subscribe`]).
+    changes: tokio::sync::broadcast::Sender<StatusChange>,
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        StatusBoard {
+            devices: RwLock::default(),
+            changes: tokio::sync::broadcast::channel(4096).0,
+        }
+    }
 }
 
 impl StatusBoard {
@@ -103,7 +115,13 @@ impl StatusBoard {
             .collect();
         Arc::new(StatusBoard {
             devices: RwLock::new(map),
+            ..StatusBoard::default()
         })
+    }
+
+    /// Receives every status transition from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StatusChange> {
+        self.changes.subscribe()
     }
 
     /// Records a successful poll (`complete` false for a partial one).
@@ -164,12 +182,15 @@ impl StatusBoard {
         let from = state.status;
         state.status = to;
         state.since = at;
-        Some(StatusChange {
+        let change = StatusChange {
             device: device.to_string(),
             from,
             to,
             at,
-        })
+        };
+        // No subscriber (tests, or before the daemon wired one) is fine.
+        let _ = self.changes.send(change.clone());
+        Some(change)
     }
 
     /// Updates the bus counters of `device` (created at zero on first use).

@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 fn config(modbus: &str, http: u16, data: &str) -> String {
     format!(
         r#"
+[api]
+auth = "off"
+
 [daemon]
 data_dir = "{data}"
 http_listen = "127.0.0.1:{http}"
@@ -108,14 +111,14 @@ fn alarm_state_survives_a_restart() {
         .collect();
     assert_eq!(after.len(), 1, "{after:#?}");
     assert_eq!(after[0]["id"], before["id"]);
-    assert_eq!(after[0]["since"], before["since"]);
+    assert_eq!(after[0]["raised_at"], before["raised_at"]);
     assert_eq!(after[0]["state"], "active");
 
     sim.clear_fault(1);
     wait_for("cleared after restart", Duration::from_secs(30), || {
         alarms(http_port)
             .into_iter()
-            .find(|a| a["rule"] == "oil_temp_high" && a["state"] == "cleared_unacked")
+            .find(|a| a["rule"] == "oil_temp_high" && a["state"] == "cleared")
     });
     stop.cancel();
     rt.block_on(task).unwrap().unwrap();

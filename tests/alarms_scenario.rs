@@ -52,6 +52,9 @@ fn fleet_config(
 ) -> String {
     let mut c = format!(
         r#"
+[api]
+auth = "off"
+
 [daemon]
 data_dir = "{data}"
 http_listen = "127.0.0.1:{http}"
@@ -318,8 +321,8 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
     }
     assert_eq!(list.len(), expected.len(), "one alarm per key: {list:#?}");
     let oil = list.iter().find(|a| a["rule"] == "oil_temp_high").unwrap();
-    assert_eq!(oil["location"], "pole 1");
-    assert_eq!(oil["limit"], 95.0);
+    assert_eq!(oil["detail"]["location"], "pole 1");
+    assert_eq!(oil["detail"]["limit"], 95.0);
 
     // MQTT: one retained state per alarm topic with what the crew needs.
     let topic = |d: &str, r: &str| format!("{prefix}/Sim/{d}/{r}");
@@ -360,15 +363,14 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
         "bad signature"
     );
 
-    // The fault ends: every alarm clears (stays listed as cleared_unacked).
+    // The fault ends: every alarm clears (stays listed as cleared until acknowledged).
     let cleared_start = Instant::now();
     for (u, _) in faults {
         sim.clear(u);
     }
     wait_for("all alarms cleared", Duration::from_secs(40), || {
         let l = alarms(http);
-        (l.len() == expected.len() && l.iter().all(|a| a["state"] == "cleared_unacked"))
-            .then_some(())
+        (l.len() == expected.len() && l.iter().all(|a| a["state"] == "cleared")).then_some(())
     });
     eprintln!("cleared after {:?}", cleared_start.elapsed());
     // Retained topics emptied.
@@ -394,13 +396,14 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
     let id = alarms(http)[0]["id"].as_u64().unwrap();
     let r = http_client()
         .post(format!("http://127.0.0.1:{http}/api/v1/alarms/{id}/ack"))
-        .json(&serde_json::json!({ "by": "test" }))
+        .json(&serde_json::json!({ "comment": "checked on site" }))
         .send()
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     assert_eq!(alarms(http).len(), expected.len() - 1);
     let r = http_client()
         .post(format!("http://127.0.0.1:{http}/api/v1/alarms/999999/ack"))
+        .json(&serde_json::json!({ "comment": "" }))
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);

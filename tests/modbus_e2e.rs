@@ -68,6 +68,10 @@ fn fleet_config(sim: &Sim, tag: &str, interval: &str, storage: &str, data_dir: &
 data_dir = "{data_dir}"
 http_listen = "127.0.0.1:{port}"
 
+# These tests read the API without tokens (allowed on loopback only).
+[api]
+auth = "off"
+
 {storage}
 
 [[modbus.endpoints]]

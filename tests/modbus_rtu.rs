@@ -145,7 +145,7 @@ fn daemon_config(units: &[UnitInfo], endpoint: &str, interval: Duration) -> (Set
     let dir = Daemon::temp_dir();
     let port = free_port();
     let mut toml = format!(
-        "[daemon]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{port}\"\n\n\
+        "[api]\nauth = \"off\"\n\n[daemon]\ndata_dir = \"{}\"\nhttp_listen = \"127.0.0.1:{port}\"\n\n\
          [storage.influx]\nurl = \"{}\"\napi = \"v1\"\ndb = \"{db}\"\nflush_interval = \"200ms\"\n\n\
          [[modbus.endpoints]]\nname = \"bus\"\n{endpoint}\n",
         dir.path().join("data").display(),

@@ -167,6 +167,40 @@ impl AlarmService {
         Ok(alarm)
     }
 
+    /// Acknowledges the alarm of (device, rule), if the engine has one; an acknowledgement
+    /// recorded by the event log is applied here so notifications and state follow it.
+    pub fn ack_by_key(&self, device: &str, rule: &str, by: Option<String>, now: Timestamp) {
+        if let Some(id) = self.id_of(device, rule)
+            && let Err(e) = self.ack(id, by, now)
+        {
+            tracing::warn!(device, rule, error = %e, "alarm engine did not take the acknowledgement");
+        }
+    }
+
+    /// Shelves the alarm of (device, rule), if the engine has one.
+    pub fn shelve_by_key(
+        &self,
+        device: &str,
+        rule: &str,
+        duration: Duration,
+        by: Option<String>,
+        now: Timestamp,
+    ) {
+        if let Some(id) = self.id_of(device, rule)
+            && let Err(e) = self.shelve(id, duration, by, now)
+        {
+            tracing::warn!(device, rule, error = %e, "alarm engine did not take the shelving");
+        }
+    }
+
+    fn id_of(&self, device: &str, rule: &str) -> Option<u64> {
+        self.lock()
+            .list()
+            .into_iter()
+            .find(|a| a.device == device && a.rule == rule)
+            .map(|a| a.id)
+    }
+
     /// Restores the engine's view of alarms that were active before a restart.
     pub fn restore_into(&self, engine: &mut Engine) {
         for (device, rule, severity) in self.lock().active_conditions() {

@@ -1,10 +1,19 @@
-//! The HTTP API: health, devices with their status and latest values, metrics.
+//! The HTTP API: health, devices with their status and latest values, metrics, alarms,
+//! events, maintenance, work orders, users, the live stream and the OpenAPI document.
+//!
+//! Every route is one row of [`routes::table`]: method, path, least role, documentation and
+//! handler. [`router`] builds the axum router from the table and the OpenAPI document is
+//! generated from the same rows, so the two cannot drift. Authentication is [`auth`];
+//! errors map to status codes in [`error::ApiError`].
 //!
 //! `/healthz` always answers 200 while the process runs (liveness) and reports each
 //! connected source (`sources.mqtt: {connected, error, since}`); `/readyz` answers 503 while
-//! a source is disconnected.
+//! a source is disconnected or the store is failing.
 
-pub mod alarms;
+pub mod auth;
+pub mod error;
+pub mod handlers;
+pub mod routes;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +21,6 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
@@ -36,20 +44,31 @@ pub struct AppState {
     pub history: Arc<History>,
     /// Daemon metrics.
     pub metrics: Arc<Registry>,
+    /// Event log, alarms, maintenance, work orders, users, audit trail.
+    pub eventlog: Arc<crate::eventlog::EventLog>,
+    /// Authentication and lockout state.
+    pub auth: Arc<auth::Auth>,
+    /// Live events for `/api/v1/stream`.
+    pub hub: crate::hub::Hub,
+    /// The telemetry queue, for the spool depth in `/readyz`.
+    pub queue: Option<Arc<crate::sinks::queue::BatchQueue>>,
+    /// The alarm engine, told about acknowledgements and shelving (None when alarms are off).
+    pub alarms: Option<Arc<crate::alarms::service::AlarmService>>,
 }
 
-/// Builds the router.
+/// Builds the router from [`routes::table`], each route behind its role check.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}", get(get_device))
-        .with_state(state)
+    let mut router = Router::new();
+    for row in routes::table() {
+        let layer =
+            axum::middleware::from_fn_with_state((state.clone(), row.spec.access), auth::require);
+        router = router.route(row.spec.path, row.handler.route_layer(layer));
+    }
+    router.with_state(state)
 }
 
-async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {
+/// Liveness: the process answers (200), with the state of each connected source.
+pub async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {
     let sources = s.sources.snapshot();
     let status = if sources.values().all(|x| x.connected) {
         "ok"
@@ -63,22 +82,8 @@ async fn healthz(State(s): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn readyz(State(s): State<AppState>) -> Response {
-    let sources = s.sources.snapshot();
-    let ready = sources.values().all(|x| x.connected);
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(serde_json::json!({ "ready": ready, "sources": sources })),
-    )
-        .into_response()
-}
-
-async fn metrics(State(s): State<AppState>) -> Response {
+/// Prometheus metrics.
+pub async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
@@ -159,13 +164,35 @@ fn view(s: &AppState, d: &DeviceInfo) -> DeviceView {
     }
 }
 
-async fn list_devices(State(s): State<AppState>) -> Json<Vec<DeviceView>> {
+/// Every device.
+pub async fn list_devices(State(s): State<AppState>) -> Json<Vec<DeviceView>> {
     Json(s.devices.list().iter().map(|d| view(&s, d)).collect())
 }
 
-async fn get_device(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+/// One device with its latest values and open alarms.
+pub async fn get_device(State(s): State<AppState>, Path(id): Path<String>) -> Response {
     match s.devices.get(&id) {
-        Some(d) => Json(view(&s, &d)).into_response(),
+        Some(d) => {
+            let log = Arc::clone(&s.eventlog);
+            let dev = d.id.clone();
+            let alarms = tokio::task::spawn_blocking(move || {
+                log.list_alarms(true, Some(&dev), None, None, 1000)
+            })
+            .await;
+            let alarms = match alarms {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => return error::ApiError::from(e).into_response(),
+                Err(e) => return error::ApiError::Internal(e.to_string()).into_response(),
+            };
+            let mut v = serde_json::to_value(view(&s, &d)).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "active_alarms".into(),
+                    serde_json::to_value(alarms).unwrap_or_default(),
+                );
+            }
+            Json(v).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": format!("unknown device {id:?}") })),

@@ -119,6 +119,8 @@ pub fn load_str(
     let mut take = |key: &str| root.remove(key);
     let daemon: DaemonConfig = section(take("daemon"), "daemon", origin, &mut issues);
     let storage: StorageConfig = section(take("storage"), "storage", origin, &mut issues);
+    let api: ApiConfig = section(take("api"), "api", origin, &mut issues);
+    let eventlog: EventLogConfig = section(take("eventlog"), "eventlog", origin, &mut issues);
     let mut broken = Broken::default();
     let modbus_value = take("modbus");
     broken.endpoints = raw_names(
@@ -183,6 +185,8 @@ pub fn load_str(
         rules,
         notify,
         crews,
+        api,
+        eventlog,
     };
     // Names whose element failed to parse: references to them are not "unknown" as well.
     for ep in &config.modbus.endpoints {

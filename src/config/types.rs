@@ -27,6 +27,10 @@ pub struct Config {
     pub notify: crate::notify::config::NotifyConfig,
     /// `[[crews]]`: field crews and the alarms routed to them.
     pub crews: Vec<crate::notify::config::CrewConfig>,
+    /// `[api]`: authentication of the HTTP API.
+    pub api: ApiConfig,
+    /// `[eventlog]`: event log retention.
+    pub eventlog: EventLogConfig,
 }
 
 /// `[daemon]`
@@ -433,5 +437,203 @@ impl DeviceConfig {
     pub fn source_kind(&self) -> Option<SourceKind> {
         self.source
             .or_else(|| self.endpoint.as_ref().map(|_| SourceKind::Modbus))
+    }
+}
+
+/// `auth = "on" | "off"` in `[api]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every route but `/healthz` needs a bearer token (default).
+    #[default]
+    On,
+    /// No authentication; allowed only when `daemon.http_listen` is a loopback address.
+    Off,
+}
+
+/// `[api]`: authentication of the HTTP API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `on` (default) or `off` (loopback only; every request acts as an anonymous admin).
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// `[[api.tokens]]`: tokens for automation, besides the users made with
+    /// `gridwatch users add`.
+    #[serde(default)]
+    pub tokens: Vec<ApiTokenConfig>,
+    /// Failed authentications from one address within `failure_window` that lock it out.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// Window in which failures are counted.
+    #[serde(default = "default_failure_window", with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// How long a locked-out address gets 429 without its credentials being checked.
+    #[serde(default = "default_lockout", with = "humantime_serde")]
+    pub lockout: Duration,
+}
+
+fn default_max_failures() -> u32 {
+    10
+}
+
+fn default_failure_window() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_lockout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            auth: AuthMode::On,
+            tokens: Vec::new(),
+            max_failures: default_max_failures(),
+            failure_window: default_failure_window(),
+            lockout: default_lockout(),
+        }
+    }
+}
+
+/// `[[api.tokens]]`: one token for automation. Give exactly one of `token`, `token_env`,
+/// `token_sha256`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenConfig {
+    /// Name shown as the actor in audit records.
+    pub name: String,
+    /// `viewer`, `operator`, `crew`, `engineer` or `admin`.
+    pub role: crate::api::auth::Role,
+    /// The token itself (at least 16 characters); prefer `token_env` or `token_sha256`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Name of an environment variable holding the token.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+}
+
+/// How long to keep something: a duration (`"90d"`) or `"forever"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Never purged.
+    Forever,
+    /// Purged when older than this.
+    For(Duration),
+}
+
+impl Serialize for Retention {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Retention::Forever => s.serialize_str("forever"),
+            Retention::For(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "forever" {
+            return Ok(Retention::Forever);
+        }
+        humantime::parse_duration(&s)
+            .map(Retention::For)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "expected a duration like \"90d\" or \"forever\": {e}"
+                ))
+            })
+    }
+}
+
+/// `[eventlog.retention]`: how long each class of event is kept.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Device online / offline / degraded events (default 90 days).
+    #[serde(default = "default_device_status_retention")]
+    pub device_status: Retention,
+    /// Alarm events, and closed alarms (default 2 years).
+    #[serde(default = "default_alarm_retention")]
+    pub alarm: Retention,
+    /// Maintenance records, work orders and their events (default forever).
+    #[serde(default = "default_forever")]
+    pub maintenance: Retention,
+    /// Config loaded, daemon started / stopped (default 1 year).
+    #[serde(default = "default_year")]
+    pub system: Retention,
+    /// Audit and security records (default 1 year; never less than 90 days, whatever is set).
+    #[serde(default = "default_year")]
+    pub audit: Retention,
+}
+
+fn default_device_status_retention() -> Retention {
+    Retention::For(Duration::from_secs(90 * 86_400))
+}
+
+fn default_alarm_retention() -> Retention {
+    Retention::For(Duration::from_secs(2 * 365 * 86_400))
+}
+
+fn default_forever() -> Retention {
+    Retention::Forever
+}
+
+fn default_year() -> Retention {
+    Retention::For(Duration::from_secs(365 * 86_400))
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            device_status: default_device_status_retention(),
+            alarm: default_alarm_retention(),
+            maintenance: default_forever(),
+            system: default_year(),
+            audit: default_year(),
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The retention of an event class.
+    pub fn get(&self, class: crate::eventlog::EventClass) -> Retention {
+        use crate::eventlog::EventClass;
+        match class {
+            EventClass::DeviceStatus => self.device_status,
+            EventClass::Alarm => self.alarm,
+            EventClass::Maintenance => self.maintenance,
+            EventClass::System => self.system,
+        }
+    }
+}
+
+/// `[eventlog]`: the SQLite event log in `data_dir/gridwatch.db`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventLogConfig {
+    /// Retention per class.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    /// How often the purge runs (also once at start-up).
+    #[serde(default = "default_purge_interval", with = "humantime_serde")]
+    pub purge_interval: Duration,
+}
+
+fn default_purge_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for EventLogConfig {
+    fn default() -> Self {
+        EventLogConfig {
+            retention: RetentionConfig::default(),
+            purge_interval: default_purge_interval(),
+        }
     }
 }

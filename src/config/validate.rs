@@ -25,6 +25,8 @@ pub(super) fn validate(
         message,
     };
 
+    validate_api(config, origin, errors, warnings);
+
     if config.daemon.channel_capacity == 0 {
         errors.push(at(
             "daemon.channel_capacity".into(),
@@ -454,5 +456,109 @@ fn valid_host_port(address: &str) -> bool {
     match address.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
         None => false,
+    }
+}
+
+/// `[api]` and `[eventlog]`: auth only off on loopback, well-formed tokens, sane retention.
+fn validate_api(
+    config: &Config,
+    origin: &str,
+    errors: &mut Vec<ConfigIssue>,
+    warnings: &mut Vec<ConfigIssue>,
+) {
+    use super::{AuthMode, Retention};
+    let at = |key: String, message: String| ConfigIssue {
+        file: origin.to_string(),
+        key,
+        message,
+    };
+    let api = &config.api;
+    if api.auth == AuthMode::Off && !config.daemon.http_listen.ip().is_loopback() {
+        errors.push(at(
+            "api.auth".into(),
+            format!(
+                "\"off\" is allowed only when daemon.http_listen is a loopback address, not {}",
+                config.daemon.http_listen
+            ),
+        ));
+    }
+    if api.max_failures == 0 {
+        errors.push(at("api.max_failures".into(), "must be at least 1".into()));
+    }
+    let mut names = BTreeSet::new();
+    for (i, t) in api.tokens.iter().enumerate() {
+        let key = |k: &str| format!("api.tokens[{i}].{k}");
+        if !crate::eventlog::valid_user_name(&t.name) {
+            errors.push(at(key("name"), "1 to 64 of A-Z a-z 0-9 . _ -".into()));
+        } else if !names.insert(t.name.as_str()) {
+            errors.push(at(
+                key("name"),
+                format!("duplicate token name {:?}", t.name),
+            ));
+        }
+        let given = [
+            t.token.is_some(),
+            t.token_env.is_some(),
+            t.token_sha256.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given != 1 {
+            errors.push(at(
+                key("token"),
+                "give exactly one of token, token_env, token_sha256".into(),
+            ));
+        }
+        if let Some(tok) = &t.token
+            && tok.len() < 16
+        {
+            errors.push(at(key("token"), "must be at least 16 characters".into()));
+        }
+        if let Some(var) = &t.token_env {
+            match std::env::var(var) {
+                Ok(v) if v.len() >= 16 => {}
+                Ok(_) => errors.push(at(
+                    key("token_env"),
+                    format!("${var} must hold at least 16 characters"),
+                )),
+                Err(_) => errors.push(at(key("token_env"), format!("${var} is not set"))),
+            }
+        }
+        if let Some(h) = &t.token_sha256
+            && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            errors.push(at(key("token_sha256"), "expected 64 hex digits".into()));
+        }
+    }
+    let r = &config.eventlog.retention;
+    for (name, v) in [
+        ("device_status", r.device_status),
+        ("alarm", r.alarm),
+        ("maintenance", r.maintenance),
+        ("system", r.system),
+        ("audit", r.audit),
+    ] {
+        if v == Retention::For(std::time::Duration::ZERO) {
+            errors.push(at(
+                format!("eventlog.retention.{name}"),
+                "must be longer than zero (or \"forever\")".into(),
+            ));
+        }
+    }
+    if let Retention::For(d) = r.audit
+        && d.as_secs() < u64::try_from(crate::eventlog::schema::AUDIT_FLOOR_SECS).unwrap_or(0)
+        && !d.is_zero()
+    {
+        warnings.push(at(
+            "eventlog.retention.audit".into(),
+            "below the 90-day floor for audit and security records; 90 days are kept".into(),
+        ));
+    }
+    if config.eventlog.purge_interval.is_zero() {
+        errors.push(at(
+            "eventlog.purge_interval".into(),
+            "must be longer than zero".into(),
+        ));
     }
 }

@@ -52,6 +52,9 @@ pub fn daemon_config(c: &MqttDaemonConfig<'_>, data_dir: &std::path::Path) -> St
     };
     format!(
         r#"
+[api]
+auth = "off"
+
 [daemon]
 data_dir = {data_dir:?}
 http_listen = "127.0.0.1:{port}"
