@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::history::History;
 use crate::metrics::Registry;
+use crate::sinks::{Buffer, SinkHealth};
 use crate::model::{DeviceInfo, Timestamp};
 use crate::status::{DeviceStatus, StatusBoard};
 
@@ -26,12 +27,15 @@ pub struct AppState {
     pub history: Arc<History>,
     /// Daemon metrics.
     pub metrics: Arc<Registry>,
+    /// The telemetry writer's health and queue, for `/readyz` (None: no telemetry sink).
+    pub sink: Option<Arc<SinkHealth>>,
 }
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
@@ -40,6 +44,71 @@ pub fn router(state: AppState) -> Router {
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// 200 when devices answer and the store accepts writes, else 503; both with a JSON body
+/// giving the reasons, the store state and the spool depth.
+async fn readyz(State(s): State<AppState>) -> Response {
+    let mut reasons = Vec::new();
+    let counts = s.status.counts();
+    let n = |st: DeviceStatus| counts.get(&st).copied().unwrap_or(0);
+    let (online, degraded, offline, unknown) = (
+        n(DeviceStatus::Online),
+        n(DeviceStatus::Degraded),
+        n(DeviceStatus::Offline),
+        n(DeviceStatus::Unknown),
+    );
+    if !s.devices.is_empty() && offline == s.devices.len() {
+        reasons.push("no device answers (all offline)".to_string());
+    }
+    let mut store = serde_json::Value::Null;
+    let mut spool = serde_json::Value::Null;
+    if let Some(h) = &s.sink {
+        if !h.store_ok() {
+            reasons.push(format!(
+                "store failing: {}",
+                h.last_error().unwrap_or_default()
+            ));
+        }
+        store = serde_json::json!({
+            "ok": h.store_ok(),
+            "consecutive_failures": h.consecutive_failures(),
+            "last_error": h.last_error(),
+        });
+        spool = match &h.buffer {
+            Buffer::Spool(sp) => {
+                if sp.is_full() {
+                    reasons.push("spool full".to_string());
+                }
+                serde_json::json!({
+                    "enabled": true,
+                    "pending_points": sp.pending_points(),
+                    "pending_batches": sp.pending_batches(),
+                    "bytes": sp.disk_bytes(),
+                    "max_bytes": sp.max_bytes(),
+                    "full": sp.is_full(),
+                })
+            }
+            Buffer::Memory(_) => serde_json::json!({
+                "enabled": false,
+                "pending_points": h.buffer.pending_points(),
+            }),
+        };
+    }
+    let ready = reasons.is_empty();
+    let body = serde_json::json!({
+        "ready": ready,
+        "reasons": reasons,
+        "devices": {"online": online, "degraded": degraded, "offline": offline, "unknown": unknown},
+        "store": store,
+        "spool": spool,
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

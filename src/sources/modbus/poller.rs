@@ -181,10 +181,10 @@ impl Connection {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(due) => {}
             }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = self.poll(idx) => {}
-            }
+            // A poll in progress is finished, not dropped, at shutdown: its answers were
+            // already taken from the device, and dropping it would lose the reading. It is
+            // bounded by the request timeouts.
+            self.poll(idx).await;
             let interval = self.devices[idx].interval;
             let mut next = due + interval;
             let now = Instant::now();
