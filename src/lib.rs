@@ -77,7 +77,10 @@ async fn wait_named(
     for (name, handle) in tasks.iter() {
         if !handle.is_finished() {
             all = false;
-            tracing::warn!(component = *name, "component still pending at the shutdown deadline");
+            tracing::warn!(
+                component = *name,
+                "component still pending at the shutdown deadline"
+            );
         }
     }
     if all {
@@ -205,7 +208,10 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     let syncer_stop = CancellationToken::new();
     let mut drain: Vec<(&'static str, tokio::task::JoinHandle<()>)> = vec![
         ("pipeline", tokio::spawn(pipeline.run())),
-        ("history", tokio::spawn(Arc::clone(&history).run(history_rx))),
+        (
+            "history",
+            tokio::spawn(Arc::clone(&history).run(history_rx)),
+        ),
         (
             "telemetry batcher",
             tokio::spawn(sinks::run_batcher(

@@ -87,13 +87,15 @@ fn setup(interval: &str) -> Setup {
     let s = services();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let sim = rt
-        .block_on(gridwatch_sim::start_modbus(gridwatch_sim::ModbusSimConfig {
-            transformers: TRANSFORMERS,
-            meters: METERS,
-            meter_profile: "sdm630".into(),
-            record: true,
-            ..Default::default()
-        }))
+        .block_on(gridwatch_sim::start_modbus(
+            gridwatch_sim::ModbusSimConfig {
+                transformers: TRANSFORMERS,
+                meters: METERS,
+                meter_profile: "sdm630".into(),
+                record: true,
+                ..Default::default()
+            },
+        ))
         .unwrap();
     let target: SocketAddr = s.vm_url.trim_start_matches("http://").parse().unwrap();
     let proxy = Proxy::start(target);
@@ -187,18 +189,22 @@ impl Setup {
         panic!("spool not drained after {timeout:?}: {last}");
     }
 
-    /// Polls per device id: answered reads of a unit grouped into polls (reads of one poll
-    /// are microseconds apart, polls at least 100 ms).
+    /// Polls per device id: every poll sends the device's planned reads in the same order,
+    /// so the polls of a unit are its answered reads of the first planned address.
     fn polls(&self) -> BTreeMap<String, usize> {
-        let mut by_unit: BTreeMap<u8, Vec<i64>> = BTreeMap::new();
+        let mut by_unit: BTreeMap<u8, Vec<(i64, u8, u16)>> = BTreeMap::new();
         for s in self.sim.served() {
-            by_unit.entry(s.unit).or_default().push(s.at_ns);
+            by_unit
+                .entry(s.unit)
+                .or_default()
+                .push((s.at_ns, s.function, s.address));
         }
         by_unit
             .into_iter()
-            .map(|(unit, mut ts)| {
-                ts.sort_unstable();
-                let polls = 1 + ts.windows(2).filter(|w| w[1] - w[0] > 60_000_000).count();
+            .map(|(unit, mut reads)| {
+                reads.sort_unstable();
+                let first = (reads[0].1, reads[0].2);
+                let polls = reads.iter().filter(|r| (r.1, r.2) == first).count();
                 (format!("{}_{unit}", self.prefix), polls)
             })
             .collect()
@@ -229,10 +235,7 @@ impl Setup {
                 "out of order"
             );
             let dev = s.labels.get("device").cloned().unwrap_or_default();
-            per_device
-                .entry(dev)
-                .or_default()
-                .extend(&s.timestamps_ms);
+            per_device.entry(dev).or_default().extend(&s.timestamps_ms);
         }
         per_device
             .into_iter()
@@ -258,7 +261,9 @@ impl Setup {
                     .filter(|(d, n)| stored.get(*d) != Some(n))
                     .map(|(d, n)| (d.clone(), *n, stored.get(d).copied()))
                     .collect();
-                panic!("store has {total} points for {total_polls} polls; (device, polls, stored): {diff:?}");
+                panic!(
+                    "store has {total} points for {total_polls} polls; (device, polls, stored): {diff:?}"
+                );
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -282,7 +287,10 @@ fn store_outage_loses_nothing() {
     std::thread::sleep(Duration::from_secs(outage));
     let during = s.readyz();
     assert_eq!(during["ready"], false, "{during}");
-    assert!(during["spool"]["pending_points"].as_u64().unwrap() > 0, "{during}");
+    assert!(
+        during["spool"]["pending_points"].as_u64().unwrap() > 0,
+        "{during}"
+    );
     s.proxy.set_up(true);
     let t = Instant::now();
     s.wait_drained(Duration::from_secs(60));
@@ -320,7 +328,11 @@ fn kill_9_during_outage_loses_nothing() {
     }
     let mut d = s.start();
     let spool_dir = s.data.path().join("spool");
-    assert!(d.log().contains("spool recovered unsent telemetry"), "{}", d.log());
+    assert!(
+        d.log().contains("spool recovered unsent telemetry"),
+        "{}",
+        d.log()
+    );
     std::thread::sleep(Duration::from_secs(outage - outage / 2));
     s.proxy.set_up(true);
     s.wait_drained(Duration::from_secs(60));
@@ -333,7 +345,8 @@ fn kill_9_during_outage_loses_nothing() {
         spool_dir.display()
     );
     let mut log = String::new();
-    let _ = std::fs::File::open(spool_dir.join("dead-letter.lp")).map(|mut f| f.read_to_string(&mut log));
+    let _ = std::fs::File::open(spool_dir.join("dead-letter.lp"))
+        .map(|mut f| f.read_to_string(&mut log));
     assert!(log.is_empty(), "nothing may be dead-lettered: {log}");
 }
 
@@ -358,7 +371,11 @@ fn sigterm_under_load_exits_in_time_and_loses_nothing() {
     let second = t.elapsed();
     assert!(status.success(), "{status}");
     assert!(second < Duration::from_secs(10), "{second:?}");
-    assert!(d.log().contains("unsent points stay in the spool"), "{}", d.log());
+    assert!(
+        d.log().contains("unsent points stay in the spool"),
+        "{}",
+        d.log()
+    );
     s.proxy.set_up(true);
     let mut d = s.start();
     s.wait_drained(Duration::from_secs(60));

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::history::History;
 use crate::metrics::Registry;
-use crate::sinks::{Buffer, SinkHealth};
 use crate::model::{DeviceInfo, Timestamp};
+use crate::sinks::{Buffer, SinkHealth};
 use crate::status::{DeviceStatus, StatusBoard};
 
 /// Everything the handlers read.

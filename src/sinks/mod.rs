@@ -26,7 +26,6 @@ use crate::metrics::{Counter, Registry};
 use crate::model::Reading;
 use queue::{Batch, BatchQueue};
 
-
 /// Why a write failed, which decides whether it is retried.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -97,7 +96,11 @@ impl Buffer {
                 while s.push(Arc::clone(&batch)).await.is_err() {
                     // A full or failing disk may recover (an operator frees space): hold the
                     // batch and try again; meanwhile the pipeline backs up.
-                    tracing::warn!(points = batch.points, retry_in_ms = delay.as_millis() as u64, "cannot spool batch; retrying");
+                    tracing::warn!(
+                        points = batch.points,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "cannot spool batch; retrying"
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }

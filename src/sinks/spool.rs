@@ -192,7 +192,8 @@ pub fn decode_record(data: &[u8]) -> Result<(RecordMeta, &[u8]), Damage> {
     let Some(header) = data.get(..RECORD_HEADER) else {
         return Err(Damage::TornHeader);
     };
-    let word = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     let (len, crc, points) = (word(0), word(4), word(8));
     if len > MAX_RECORD {
         return Err(Damage::Oversized);
@@ -224,7 +225,9 @@ fn record_crc(len: u32, points: u32, payload: &[u8]) -> u32 {
 /// Encodes one record (header and payload) onto `out`.
 pub fn encode_record(out: &mut Vec<u8>, points: u32, payload: &[u8]) {
     // A batch is far below 4 GiB; the cap keeps a bogus one from wrapping the length.
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX).min(MAX_RECORD);
+    let len = u32::try_from(payload.len())
+        .unwrap_or(u32::MAX)
+        .min(MAX_RECORD);
     let payload = &payload[..len as usize];
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&record_crc(len, points, payload).to_le_bytes());
@@ -409,7 +412,13 @@ impl Spool {
         inner.pending_points = rec.points;
         metrics.recovered.add(rec.points);
         if rec.points > 0 || rec.torn > 0 {
-            tracing::info!(segments = rec.segments, batches = rec.batches, points = rec.points, torn_records = rec.torn, "spool recovered unsent telemetry; replaying it first");
+            tracing::info!(
+                segments = rec.segments,
+                batches = rec.batches,
+                points = rec.points,
+                torn_records = rec.torn,
+                "spool recovered unsent telemetry; replaying it first"
+            );
         }
         let spool = Arc::new(Spool {
             settings,
@@ -428,9 +437,7 @@ impl Spool {
     }
 
     fn update_gauges(&self, inner: &Inner) {
-        self.metrics
-            .pending_points
-            .set(inner.pending_points as f64);
+        self.metrics.pending_points.set(inner.pending_points as f64);
         self.metrics
             .pending_batches
             .set(inner.pending_batches as f64);
@@ -451,7 +458,10 @@ impl Spool {
             while self.is_full_for(need) {
                 if !logged {
                     self.metrics.blocked.inc();
-                    tracing::warn!(max_bytes = self.settings.max_bytes, "spool full; holding back new telemetry until the store catches up");
+                    tracing::warn!(
+                        max_bytes = self.settings.max_bytes,
+                        "spool full; holding back new telemetry until the store catches up"
+                    );
                     logged = true;
                 }
                 // The sleep covers a wake-up that raced with the check.
@@ -587,7 +597,13 @@ impl Spool {
         inner.disk_bytes -= seg.bytes;
         remove(&segment_path(&self.settings.dir, seg.id));
         self.metrics.dropped.add(points);
-        tracing::error!(segment = seg.id, points, batches = seg.records.len(), max_bytes = self.settings.max_bytes, "spool full, dropped the oldest segment");
+        tracing::error!(
+            segment = seg.id,
+            points,
+            batches = seg.records.len(),
+            max_bytes = self.settings.max_bytes,
+            "spool full, dropped the oldest segment"
+        );
         self.update_gauges(inner);
     }
 

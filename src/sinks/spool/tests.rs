@@ -175,7 +175,10 @@ async fn block_sources_waits_for_space() {
         tokio::spawn(async move { spool.push(batch(pushed)).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!blocked.is_finished(), "push must wait while the spool is full");
+    assert!(
+        !blocked.is_finished(),
+        "push must wait while the spool is full"
+    );
     assert_eq!(reg.counter_total("gridwatch_spool_full_waits_total"), 1);
     let got = drain(&spool).await;
     blocked.await.unwrap().unwrap();
