@@ -680,11 +680,12 @@ impl Spool {
         let is_open = inner.open.as_ref().is_some_and(|(o, _)| *o == id.segment);
         inner.pending_points -= u64::from(meta.points);
         inner.pending_batches -= 1;
-        if finished && !is_open {
-            if let Some(seg) = inner.segments.remove(pos) {
-                inner.disk_bytes -= seg.bytes;
-                remove(&segment_path(&self.settings.dir, seg.id));
-            }
+        if finished
+            && !is_open
+            && let Some(seg) = inner.segments.remove(pos)
+        {
+            inner.disk_bytes -= seg.bytes;
+            remove(&segment_path(&self.settings.dir, seg.id));
         }
         let next = inner
             .segments
