@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
-# Short fuzz smoke for scripts/test.sh (well under 60 s): with nightly + cargo-fuzz, each
-# target runs 10 s under libFuzzer; otherwise the same target bodies run as property tests
-# with more cases (tests/fuzz_props.rs). Long runs: scripts/fuzz.sh.
+# Short fuzz smoke for scripts/test.sh (about 20 s once built): the fuzz target bodies
+# (gridwatch::fuzzing) on random inputs via proptest, tests/fuzz_props.rs. libFuzzer runs
+# need an instrumented nightly build of the whole tree (minutes), so they live in
+# scripts/fuzz.sh, not here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if rustup toolchain list 2>/dev/null | grep -q nightly && cargo +nightly fuzz --version >/dev/null 2>&1; then
-    exec bash scripts/fuzz.sh 10
-fi
-echo "fuzz-smoke: no nightly cargo-fuzz; running the targets as property tests" >&2
-PROPTEST_CASES=2000 timeout 120 cargo test -p gridwatch --test fuzz_props
+PROPTEST_CASES="${PROPTEST_CASES:-2000}" timeout 300 cargo test -p gridwatch --test fuzz_props
