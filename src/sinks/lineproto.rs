@@ -87,9 +87,16 @@ pub fn escape_key(s: &str) -> String {
 
 /// Appends `s` escaped for a name position whose special characters are `special`.
 fn push_escaped_name(out: &mut String, s: &str, special: &[char]) {
-    let mut chars = s.chars().peekable();
+    // Names may not end in a backslash, escaped or not: the last one becomes `_`. That is
+    // decided first, so a backslash before it is judged against the `_` (found by the
+    // `lineproto` fuzz target: `\\` used to come out as `\\_`, which reads back as `\_`).
+    let (body, trailing) = match s.strip_suffix('\\') {
+        Some(b) => (b, true),
+        None => (s, false),
+    };
+    let mut chars = body.chars().peekable();
     while let Some(c) = chars.next() {
-        let next = chars.peek().copied();
+        let next = chars.peek().copied().or(trailing.then_some('_'));
         match c {
             '\\' => match next {
                 // A parser would otherwise drop this backslash as an escape character.
@@ -97,7 +104,6 @@ fn push_escaped_name(out: &mut String, s: &str, special: &[char]) {
                     out.push_str("\\\\");
                 }
                 Some(_) => out.push('\\'),
-                // Names may not end in a backslash, escaped or not.
                 None => out.push('_'),
             },
             c if c.is_control() => out.push_str("\\ "),
@@ -107,6 +113,9 @@ fn push_escaped_name(out: &mut String, s: &str, special: &[char]) {
             }
             c => out.push(c),
         }
+    }
+    if trailing {
+        out.push('_');
     }
 }
 
