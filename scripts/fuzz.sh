@@ -15,7 +15,7 @@ cd fuzz
 for t in "${TARGETS[@]}"; do
     echo "=== fuzz $t for ${SECS}s" >&2
     mkdir -p "corpus/$t"
-    cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$SECS" -rss_limit_mb=2048 2>&1 |
+    cargo +nightly fuzz run -O "$t" "corpus/$t" -- -max_total_time="$SECS" -rss_limit_mb=2048 2>&1 |
         tee "/tmp/gridwatch-fuzz-$t.log" | grep -E "^(Done|#[0-9]+ *DONE)|SUMMARY|panicked" || true
     grep -E "Done [0-9]+ runs" "/tmp/gridwatch-fuzz-$t.log" || { echo "fuzz $t failed" >&2; exit 1; }
 done

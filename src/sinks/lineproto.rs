@@ -136,6 +136,18 @@ fn push_string_field(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A name as written, unescaped: control characters become spaces and a trailing
+/// backslash `_` (see the module docs).
+fn written(k: &str) -> impl Iterator<Item = char> + '_ {
+    let (body, trailing) = match k.strip_suffix('\\') {
+        Some(b) => (b, true),
+        None => (k, false),
+    };
+    body.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .chain(trailing.then_some('_'))
+}
+
 /// Builds a series key `measurement,k1=v1,k2=v2` from unescaped parts.
 ///
 /// Tags are sorted by key (byte order, as InfluxDB recommends: it saves the store a sort
@@ -147,9 +159,11 @@ pub fn series_key(measurement: &str, tags: &[(&str, &str)]) -> String {
         .copied()
         .filter(|(k, v)| !k.is_empty() && !v.is_empty())
         .collect();
-    // Stable, so the first of repeated keys stays first and wins the dedup.
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    sorted.dedup_by(|later, earlier| later.0 == earlier.0);
+    // Stable, so the first of repeated keys stays first and wins the dedup. Sorted as
+    // written (control characters become spaces), so that the line is sorted for the
+    // store and reads back in the same order (found by the `lineproto` fuzz target).
+    sorted.sort_by(|a, b| written(a.0).cmp(written(b.0)));
+    sorted.dedup_by(|later, earlier| written(later.0).eq(written(earlier.0)));
 
     let mut out = escape_measurement(measurement);
     for (k, v) in sorted {

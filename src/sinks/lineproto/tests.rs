@@ -417,3 +417,9 @@ fn backslash_before_a_trailing_backslash_round_trips() {
     assert_eq!(escape_key("a\\"), "a_");
     assert_eq!(escape_measurement("m\\\\"), "m\\_");
 }
+
+#[test]
+fn tags_sort_as_written() {
+    // "\\" is written "_", which sorts after "\\z".
+    assert_eq!(series_key("", &[("\\", "\\"), ("\\z", "x")]), "_,\\z=x,_=_");
+}
