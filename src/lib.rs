@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod detect;
 pub mod eventlog;
+pub mod fuzzing;
 pub mod history;
 pub mod hub;
 pub mod metrics;
@@ -37,7 +38,7 @@ use config::LoadedConfig;
 use model::DeviceInfo;
 use pipeline::{Delivery, Pipeline};
 use sinks::queue::BatchQueue;
-use sinks::{BatchSettings, Writer};
+use sinks::{BatchSettings, Buffer, Writer};
 
 /// Longest time from a shutdown signal to exit.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -71,9 +72,41 @@ pub enum DaemonError {
     /// The event log could not be opened.
     #[error(transparent)]
     EventLog(#[from] eventlog::EventLogError),
+    /// The telemetry spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] sinks::spool::SpoolError),
     /// The HTTP server failed while running.
     #[error("http server failed: {0}")]
     Http(std::io::Error),
+}
+
+/// Waits for every task until `deadline`; logs each one still pending then (and aborts it).
+/// Returns whether all finished.
+async fn wait_named(
+    tasks: &mut Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    for (name, handle) in tasks.iter_mut() {
+        match tokio::time::timeout_at(deadline, &mut *handle).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(component = *name, error = %e, "component failed"),
+            Err(_) => {}
+        }
+    }
+    let mut all = true;
+    for (name, handle) in tasks.iter() {
+        if !handle.is_finished() {
+            all = false;
+            tracing::warn!(
+                component = *name,
+                "component still pending at the shutdown deadline"
+            );
+        }
+    }
+    if all {
+        tasks.clear();
+    }
+    all
 }
 
 /// Builds the shared device descriptions from the configuration.
@@ -211,14 +244,34 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
             1000,
         ),
     };
-    let queue = Arc::new(BatchQueue::new(
-        max_pending,
-        metrics.counter(
-            "gridwatch_points_dropped_total",
-            "Points dropped because the telemetry queue was full.",
-            &[],
-        ),
-    ));
+    let spool_cfg = &cfg.storage.spool;
+    let queue = if spool_cfg.enabled.unwrap_or(cfg.storage.influx.is_some()) {
+        let (spool, _recovered) = sinks::spool::Spool::open(
+            sinks::spool::SpoolSettings {
+                dir: cfg.daemon.data_dir.join("spool"),
+                max_bytes: spool_cfg.max_bytes,
+                segment_bytes: spool_cfg.segment_bytes,
+                when_full: spool_cfg.when_full,
+                fsync: match spool_cfg.fsync_period() {
+                    None => sinks::spool::Fsync::EveryBatch,
+                    Some(p) => sinks::spool::Fsync::Interval(p),
+                },
+            },
+            &metrics,
+        )?;
+        Buffer::Spool(spool)
+    } else {
+        Buffer::Memory(Arc::new(BatchQueue::new(
+            max_pending,
+            metrics.counter(
+                "gridwatch_points_dropped_total",
+                "Points dropped because the telemetry queue was full.",
+                &[],
+            ),
+        )))
+    };
+    let sink_health = sinks::SinkHealth::new(queue.clone());
+    let dead_letter = cfg.daemon.data_dir.join("spool").join("dead-letter.lp");
 
     let listener = tokio::net::TcpListener::bind(cfg.daemon.http_listen)
         .await
@@ -251,24 +304,39 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     )?;
     sources.close();
 
-    let drain = TaskTracker::new();
+    // Drain-phase components, by name, so shutdown can say which one is still pending.
     let hard_stop = CancellationToken::new();
-    drain.spawn(pipeline.run());
-    drain.spawn(Arc::clone(&history).run(history_rx));
-    let (alarm_lines, alarm_service, notify_task, notify_stop) = match alarm_stage {
+    let syncer_stop = CancellationToken::new();
+    let mut drain: Vec<(&'static str, tokio::task::JoinHandle<()>)> = vec![
+        ("pipeline", tokio::spawn(pipeline.run())),
+        (
+            "history",
+            tokio::spawn(Arc::clone(&history).run(history_rx)),
+        ),
+        (
+            "live stream",
+            tokio::spawn(forward_readings(stream_rx, hub.clone())),
+        ),
+    ];
+    let tee_stop = CancellationToken::new();
+    let (alarm_lines, alarm_service, notify_task, notify_stop, tee_task) = match alarm_stage {
         Some(stage) => {
-            drain.spawn(alarms::service::run_rules(
-                stage.rules_rx,
-                stage.engine,
-                Arc::clone(&stage.service),
-                hard_stop.clone(),
+            drain.push((
+                "alarm rules",
+                tokio::spawn(alarms::service::run_rules(
+                    stage.rules_rx,
+                    stage.engine,
+                    Arc::clone(&stage.service),
+                    hard_stop.clone(),
+                )),
             ));
             let notify_stop = CancellationToken::new();
             let (notify_tx, notify_rx) = tokio::sync::mpsc::unbounded_channel();
-            drain.spawn(log_alarm_events(
+            let tee = tokio::spawn(log_alarm_events(
                 stage.events_rx,
                 Arc::clone(&eventlog),
                 notify_tx,
+                tee_stop.clone(),
             ));
             let task = tokio::spawn(notify::run(
                 notify_rx,
@@ -282,25 +350,40 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
                 Some(stage.service),
                 Some(task),
                 notify_stop,
+                Some(tee),
             )
         }
-        None => (None, None, None, CancellationToken::new()),
+        None => (None, None, None, CancellationToken::new(), None),
     };
-    drain.spawn(sinks::run_batcher_with_lines(
-        sink_rx,
-        alarm_lines,
-        Arc::clone(&queue),
-        settings,
-        Arc::clone(&metrics),
+    drain.push((
+        "telemetry batcher",
+        tokio::spawn(sinks::run_batcher_with_lines(
+            sink_rx,
+            alarm_lines,
+            queue.clone(),
+            settings,
+            Arc::clone(&metrics),
+        )),
     ));
-    drain.spawn(sinks::run_writer(
+    let writer_task = tokio::spawn(sinks::run_writer(
         writer,
-        Arc::clone(&queue),
+        Arc::clone(&sink_health),
+        dead_letter,
         Arc::clone(&metrics),
         hard_stop.clone(),
     ));
-    drain.spawn(forward_readings(stream_rx, hub.clone()));
-    drain.close();
+    if let Buffer::Spool(spool) = &queue
+        && let sinks::spool::Fsync::Interval(period) = spool.fsync()
+    {
+        drain.push((
+            "spool syncer",
+            tokio::spawn(sinks::spool::run_syncer(
+                Arc::clone(spool),
+                period,
+                syncer_stop.clone(),
+            )),
+        ));
+    }
 
     let background_cancel = CancellationToken::new();
     let background = TaskTracker::new();
@@ -327,7 +410,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         eventlog: Arc::clone(&eventlog),
         auth,
         hub,
-        queue: Some(Arc::clone(&queue)),
+        sink: Some(Arc::clone(&sink_health)),
         alarms: alarm_service.clone(),
     };
     let router = api::router(state);
@@ -379,16 +462,47 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         pending_points = queue.pending_points(),
         "draining pipeline and flushing telemetry"
     );
-    if tokio::time::timeout_at(deadline, drain.wait())
-        .await
-        .is_err()
-    {
+    // The syncer stops once the batcher has spooled its last batch.
+    let syncer = drain
+        .iter()
+        .position(|(name, _)| *name == "spool syncer")
+        .map(|i| drain.remove(i));
+    wait_named(&mut drain, deadline).await;
+    syncer_stop.cancel();
+    if let Some((name, handle)) = syncer {
+        let mut rest = vec![(name, handle)];
+        wait_named(&mut rest, deadline).await;
+    }
+    let mut writer = vec![("telemetry writer", writer_task)];
+    if !wait_named(&mut writer, deadline).await {
         tracing::warn!(
             pending_points = queue.pending_points(),
+            durable = queue.is_durable(),
             "telemetry flush did not finish before the deadline"
         );
         hard_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_millis(200), drain.wait()).await;
+        wait_named(
+            &mut writer,
+            tokio::time::Instant::now() + Duration::from_millis(200),
+        )
+        .await;
+    }
+    if let Buffer::Spool(spool) = &queue {
+        // The writer updated the index after each acknowledgement; make the last one and
+        // the open segment durable before exit.
+        spool.close();
+        tracing::info!(
+            pending_points = spool.pending_points(),
+            pending_batches = spool.pending_batches(),
+            "spool flushed"
+        );
+    }
+    // Alarm events still queued are recorded and handed to the notifier, then it stops.
+    tee_stop.cancel();
+    if let Some(tee) = tee_task
+        && tokio::time::timeout_at(deadline, tee).await.is_err()
+    {
+        tracing::warn!("alarm event log did not finish before the deadline");
     }
     notify_stop.cancel();
     if let Some(task) = notify_task
@@ -493,9 +607,21 @@ async fn log_alarm_events(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<alarms::AlarmEvent>,
     log: Arc<eventlog::EventLog>,
     notify: tokio::sync::mpsc::UnboundedSender<alarms::AlarmEvent>,
+    stop: CancellationToken,
 ) {
     use eventlog::AlarmStore as _;
-    while let Some(ev) = rx.recv().await {
+    loop {
+        let ev = tokio::select! {
+            biased;
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = stop.cancelled() => match rx.try_recv() {
+                Ok(ev) => ev,
+                Err(_) => break,
+            },
+        };
         let kind = ev.kind;
         let a = ev.alarm.clone();
         let log = Arc::clone(&log);

@@ -76,7 +76,7 @@ async fn start(api: ApiConfig) -> Api {
         metrics,
         eventlog: Arc::clone(&log),
         hub,
-        queue: None,
+        sink: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -25,6 +25,7 @@ use crate::eventlog::{
     NewWorkOrder, WorkOrderUpdate,
 };
 use crate::model::{Timestamp, now_ns};
+use crate::sinks::Buffer;
 use crate::status::DeviceStatus;
 
 /// Longest accepted filter string (device, site, feeder, ...).
@@ -123,25 +124,74 @@ fn cursor(v: Option<String>) -> Result<Option<i64>, ApiError> {
 /// Readiness for supervisors: event store reachable, sources connected, spool depth.
 /// 503 while not ready. (Kept in its own function: the spool may add its own fields.)
 pub async fn readyz(State(s): State<AppState>) -> Response {
+    let mut reasons = Vec::new();
     let store = blocking(&s.eventlog, |l| l.ping()).await;
+    if let Err(e) = &store {
+        reasons.push(format!("event store failing: {e}"));
+    }
+    if s.eventlog.audit_degraded() {
+        reasons.push("audit trail cannot be written".to_string());
+    }
     let counts = s.status.counts();
     let n = |st: DeviceStatus| counts.get(&st).copied().unwrap_or(0);
-    let answering = n(DeviceStatus::Online) + n(DeviceStatus::Degraded);
+    let (online, degraded, offline, unknown) = (
+        n(DeviceStatus::Online),
+        n(DeviceStatus::Degraded),
+        n(DeviceStatus::Offline),
+        n(DeviceStatus::Unknown),
+    );
+    if !s.devices.is_empty() && offline == s.devices.len() {
+        reasons.push("no device answers (all offline)".to_string());
+    }
     let sources = s.sources.snapshot();
-    let brokers_connected = sources.values().all(|x| x.connected);
-    let sources_connected = (s.devices.is_empty() || answering > 0) && brokers_connected;
-    let ready = store.is_ok() && sources_connected && !s.eventlog.audit_degraded();
+    for (name, src) in &sources {
+        if !src.connected {
+            reasons.push(format!("source {name} disconnected"));
+        }
+    }
+    let mut telemetry = serde_json::Value::Null;
+    let mut spool = serde_json::Value::Null;
+    if let Some(h) = &s.sink {
+        if !h.store_ok() {
+            reasons.push(format!(
+                "store failing: {}",
+                h.last_error().unwrap_or_default()
+            ));
+        }
+        telemetry = serde_json::json!({
+            "ok": h.store_ok(),
+            "consecutive_failures": h.consecutive_failures(),
+            "last_error": h.last_error(),
+        });
+        spool = match &h.buffer {
+            Buffer::Spool(sp) => {
+                if sp.is_full() {
+                    reasons.push("spool full".to_string());
+                }
+                serde_json::json!({
+                    "enabled": true,
+                    "pending_points": sp.pending_points(),
+                    "pending_batches": sp.pending_batches(),
+                    "bytes": sp.disk_bytes(),
+                    "max_bytes": sp.max_bytes(),
+                    "full": sp.is_full(),
+                })
+            }
+            Buffer::Memory(_) => serde_json::json!({
+                "enabled": false,
+                "pending_points": h.buffer.pending_points(),
+            }),
+        };
+    }
+    let ready = reasons.is_empty();
     let body = serde_json::json!({
         "ready": ready,
+        "reasons": reasons,
+        "devices": {"online": online, "degraded": degraded, "offline": offline, "unknown": unknown},
         "sources": sources,
         "event_store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
-        "audit_trail": if s.eventlog.audit_degraded() { "failed" } else { "ok" },
-        "sources_connected": sources_connected,
-        "devices": {
-            "online": n(DeviceStatus::Online), "degraded": n(DeviceStatus::Degraded),
-            "offline": n(DeviceStatus::Offline), "unknown": n(DeviceStatus::Unknown),
-        },
-        "spool_depth_points": s.queue.as_ref().map(|q| q.pending_points()).unwrap_or(0),
+        "store": telemetry,
+        "spool": spool,
     });
     let code = if ready {
         StatusCode::OK

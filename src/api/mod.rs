@@ -28,6 +28,7 @@ use crate::history::History;
 use crate::metrics::Registry;
 use crate::model::{DeviceInfo, Timestamp};
 use crate::registry::DeviceRegistry;
+use crate::sinks::SinkHealth;
 use crate::sources::SourceHealth;
 use crate::status::{DeviceStatus, StatusBoard};
 
@@ -50,10 +51,10 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// Live events for `/api/v1/stream`.
     pub hub: crate::hub::Hub,
-    /// The telemetry queue, for the spool depth in `/readyz`.
-    pub queue: Option<Arc<crate::sinks::queue::BatchQueue>>,
     /// The alarm engine, told about acknowledgements and shelving (None when alarms are off).
     pub alarms: Option<Arc<crate::alarms::service::AlarmService>>,
+    /// The telemetry writer's health and queue, for `/readyz` (None: no telemetry sink).
+    pub sink: Option<Arc<SinkHealth>>,
 }
 
 /// Builds the router from [`routes::table`], each route behind its role check.

@@ -82,6 +82,92 @@ pub struct StorageConfig {
     /// `data_dir/telemetry/`.
     #[serde(default)]
     pub influx: Option<InfluxConfig>,
+    /// `[storage.spool]`: the disk store-and-forward queue in front of the store.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+}
+
+/// What the spool does when it reaches `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Delete the oldest segment (its points are counted in
+    /// `gridwatch_spool_dropped_points_total` and logged): recent data wins.
+    #[default]
+    DropOldest,
+    /// Stop taking new batches until the store catches up: the pipeline fills and polling
+    /// waits. Old data wins; new readings are not taken while the spool is full.
+    BlockSources,
+}
+
+/// When spooled batches are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    /// fsync after every batch: a batch survives a power cut once it is spooled.
+    EveryBatch,
+    /// fsync every `fsync_interval`: a killed process loses nothing, a power cut at most
+    /// that interval.
+    Interval,
+}
+
+/// `[storage.spool]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Spool telemetry to `data_dir/spool/` before sending it. Default: on when
+    /// `[storage.influx]` is configured, off for line-protocol files.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Most bytes of spool files on disk; see `when_full`.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// `drop_oldest` (default) or `block_sources`.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// `every_batch` (default) or `interval`; setting `fsync_interval` alone implies
+    /// `interval`.
+    #[serde(default)]
+    pub fsync: Option<FsyncMode>,
+    /// How often to fsync with `fsync = "interval"` (default 1s).
+    #[serde(default, with = "humantime_serde")]
+    pub fsync_interval: Option<Duration>,
+    /// A segment file is closed and a new one started beyond this many bytes; a segment is
+    /// deleted once all its batches are acknowledged.
+    #[serde(default = "default_spool_segment_bytes")]
+    pub segment_bytes: u64,
+}
+
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+
+fn default_spool_segment_bytes() -> u64 {
+    16 << 20
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            enabled: None,
+            max_bytes: default_spool_max_bytes(),
+            when_full: WhenFull::default(),
+            fsync: None,
+            fsync_interval: None,
+            segment_bytes: default_spool_segment_bytes(),
+        }
+    }
+}
+
+impl SpoolConfig {
+    /// The fsync period: `None` for every batch.
+    pub fn fsync_period(&self) -> Option<Duration> {
+        match (self.fsync, self.fsync_interval) {
+            (Some(FsyncMode::EveryBatch), _) => None,
+            (Some(FsyncMode::Interval), i) => Some(i.unwrap_or(Duration::from_secs(1))),
+            (None, i) => i,
+        }
+    }
 }
 
 /// Which InfluxDB write API to use.

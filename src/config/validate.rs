@@ -78,6 +78,34 @@ pub(super) fn validate(
     if let Some(mqtt) = &config.mqtt {
         validate_mqtt(mqtt, &mut |k, m| errors.push(at(k, m)));
     }
+    let spool = &config.storage.spool;
+    if !(4096..=1 << 30).contains(&spool.segment_bytes) {
+        errors.push(at(
+            "storage.spool.segment_bytes".into(),
+            "must be 4096 to 1073741824 (1 GiB)".into(),
+        ));
+    }
+    if spool.max_bytes < spool.segment_bytes.saturating_mul(2) {
+        errors.push(at(
+            "storage.spool.max_bytes".into(),
+            format!(
+                "must be at least twice segment_bytes ({}), got {}",
+                spool.segment_bytes, spool.max_bytes
+            ),
+        ));
+    }
+    if spool.fsync == Some(super::FsyncMode::EveryBatch) && spool.fsync_interval.is_some() {
+        errors.push(at(
+            "storage.spool.fsync_interval".into(),
+            "only meaningful with fsync = \"interval\"".into(),
+        ));
+    }
+    if spool.fsync_interval.is_some_and(|i| i.is_zero()) {
+        errors.push(at(
+            "storage.spool.fsync_interval".into(),
+            "must be longer than zero".into(),
+        ));
+    }
 
     let mut endpoints: HashMap<&str, usize> = HashMap::new();
     for (i, ep) in config.modbus.endpoints.iter().enumerate() {

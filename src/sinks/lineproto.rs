@@ -87,9 +87,16 @@ pub fn escape_key(s: &str) -> String {
 
 /// Appends `s` escaped for a name position whose special characters are `special`.
 fn push_escaped_name(out: &mut String, s: &str, special: &[char]) {
-    let mut chars = s.chars().peekable();
+    // Names may not end in a backslash, escaped or not: the last one becomes `_`. That is
+    // decided first, so a backslash before it is judged against the `_` (found by the
+    // `lineproto` fuzz target: `\\` used to come out as `\\_`, which reads back as `\_`).
+    let (body, trailing) = match s.strip_suffix('\\') {
+        Some(b) => (b, true),
+        None => (s, false),
+    };
+    let mut chars = body.chars().peekable();
     while let Some(c) = chars.next() {
-        let next = chars.peek().copied();
+        let next = chars.peek().copied().or(trailing.then_some('_'));
         match c {
             '\\' => match next {
                 // A parser would otherwise drop this backslash as an escape character.
@@ -97,7 +104,6 @@ fn push_escaped_name(out: &mut String, s: &str, special: &[char]) {
                     out.push_str("\\\\");
                 }
                 Some(_) => out.push('\\'),
-                // Names may not end in a backslash, escaped or not.
                 None => out.push('_'),
             },
             c if c.is_control() => out.push_str("\\ "),
@@ -107,6 +113,9 @@ fn push_escaped_name(out: &mut String, s: &str, special: &[char]) {
             }
             c => out.push(c),
         }
+    }
+    if trailing {
+        out.push('_');
     }
 }
 
@@ -127,6 +136,18 @@ fn push_string_field(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A name as written, unescaped: control characters become spaces and a trailing
+/// backslash `_` (see the module docs).
+fn written(k: &str) -> impl Iterator<Item = char> + '_ {
+    let (body, trailing) = match k.strip_suffix('\\') {
+        Some(b) => (b, true),
+        None => (k, false),
+    };
+    body.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .chain(trailing.then_some('_'))
+}
+
 /// Builds a series key `measurement,k1=v1,k2=v2` from unescaped parts.
 ///
 /// Tags are sorted by key (byte order, as InfluxDB recommends: it saves the store a sort
@@ -138,9 +159,11 @@ pub fn series_key(measurement: &str, tags: &[(&str, &str)]) -> String {
         .copied()
         .filter(|(k, v)| !k.is_empty() && !v.is_empty())
         .collect();
-    // Stable, so the first of repeated keys stays first and wins the dedup.
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    sorted.dedup_by(|later, earlier| later.0 == earlier.0);
+    // Stable, so the first of repeated keys stays first and wins the dedup. Sorted as
+    // written (control characters become spaces), so that the line is sorted for the
+    // store and reads back in the same order (found by the `lineproto` fuzz target).
+    sorted.sort_by(|a, b| written(a.0).cmp(written(b.0)));
+    sorted.dedup_by(|later, earlier| written(later.0).eq(written(earlier.0)));
 
     let mut out = escape_measurement(measurement);
     for (k, v) in sorted {

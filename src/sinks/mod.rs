@@ -1,16 +1,21 @@
 //! Outputs for telemetry: InfluxDB-compatible stores and line-protocol files.
 //!
-//! The sink is two tasks joined by a [`queue::BatchQueue`]: the *batcher* encodes readings from
-//! the pipeline into line-protocol batches (by size and by time) and pushes them onto the
-//! queue; the *writer* sends the oldest batch and removes it only after the store accepted it.
-//! The batcher never waits on the network, so a slow or dead store never slows polling.
+//! The sink is two tasks joined by a [`Buffer`]: the *batcher* encodes readings from the
+//! pipeline into line-protocol batches (by size and by time) and pushes them onto the buffer;
+//! the *writer* sends the oldest batch and removes it only after the store accepted it. The
+//! buffer is the disk [`spool::Spool`] (default with a store: zero loss across outages and
+//! restarts) or the in-memory [`queue::BatchQueue`]. The batcher never waits on the network,
+//! so a slow or dead store never slows polling.
 
 pub mod file;
 pub mod influx;
 pub mod lineproto;
 pub mod queue;
+pub mod spool;
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -63,6 +68,155 @@ impl Writer {
     }
 }
 
+/// The queue between batcher and writer.
+#[derive(Clone)]
+pub enum Buffer {
+    /// Bounded memory; oldest dropped when full; lost on exit.
+    Memory(Arc<BatchQueue>),
+    /// Disk spool: see [`spool`].
+    Spool(Arc<spool::Spool>),
+}
+
+/// A batch taken from the [`Buffer`] for sending.
+pub struct Outgoing {
+    /// The batch.
+    pub batch: Arc<Batch>,
+    id: Option<spool::RecordId>,
+}
+
+impl Buffer {
+    /// Queues a batch. Durability: see [`spool::Spool::push`]; the memory queue promises
+    /// nothing beyond the process.
+    pub async fn push(&self, batch: Batch) {
+        match self {
+            Buffer::Memory(q) => q.push(batch),
+            Buffer::Spool(s) => {
+                let batch = Arc::new(batch);
+                let mut delay = Duration::from_millis(100);
+                while s.push(Arc::clone(&batch)).await.is_err() {
+                    // A full or failing disk may recover (an operator frees space): hold the
+                    // batch and try again; meanwhile the pipeline backs up.
+                    tracing::warn!(
+                        points = batch.points,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "cannot spool batch; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// The oldest batch not yet accepted by the store.
+    pub async fn front(&self) -> Option<Outgoing> {
+        match self {
+            Buffer::Memory(q) => q.front().map(|batch| Outgoing { batch, id: None }),
+            Buffer::Spool(s) => s.front().await.map(|(b, id)| Outgoing {
+                batch: Arc::new(b),
+                id: Some(id),
+            }),
+        }
+    }
+
+    /// Removes `out` once the store accepted (or definitively refused) it.
+    pub async fn ack(&self, out: &Outgoing) {
+        match (self, out.id) {
+            (Buffer::Memory(q), _) => q.ack(),
+            (Buffer::Spool(s), Some(id)) => s.ack(id).await,
+            (Buffer::Spool(_), None) => {}
+        }
+    }
+
+    /// Waits for a push or close.
+    pub async fn wait(&self) {
+        match self {
+            Buffer::Memory(q) => q.wait().await,
+            Buffer::Spool(s) => s.wait().await,
+        }
+    }
+
+    /// No more pushes; the spool forces its last segment to disk.
+    pub fn close(&self) {
+        match self {
+            Buffer::Memory(q) => q.close(),
+            Buffer::Spool(s) => s.close(),
+        }
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Buffer::Memory(q) => q.is_closed(),
+            Buffer::Spool(s) => s.is_closed(),
+        }
+    }
+
+    /// Points waiting for the store.
+    pub fn pending_points(&self) -> u64 {
+        match self {
+            Buffer::Memory(q) => q.pending_points() as u64,
+            Buffer::Spool(s) => s.pending_points(),
+        }
+    }
+
+    /// Whether unsent batches survive a restart.
+    pub fn is_durable(&self) -> bool {
+        matches!(self, Buffer::Spool(_))
+    }
+}
+
+/// How the writer is doing, for `/readyz`.
+pub struct SinkHealth {
+    /// The buffer the writer drains.
+    pub buffer: Buffer,
+    store_ok: AtomicBool,
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SinkHealth {
+    /// Healthy until the first failed write.
+    pub fn new(buffer: Buffer) -> Arc<Self> {
+        Arc::new(SinkHealth {
+            buffer,
+            store_ok: AtomicBool::new(true),
+            failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    fn success(&self) {
+        self.store_ok.store(true, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn failure(&self, err: &str) {
+        self.store_ok.store(false, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
+    }
+
+    /// Whether the last write attempt succeeded (true before the first one).
+    pub fn store_ok(&self) -> bool {
+        self.store_ok.load(Ordering::Relaxed)
+    }
+
+    /// Failed attempts since the last success.
+    pub fn consecutive_failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// The last write error while the store is failing.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// Batching settings.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchSettings {
@@ -75,7 +229,7 @@ pub struct BatchSettings {
 /// Encodes readings into batches until the pipeline closes `rx`, then flushes the last one.
 pub async fn run_batcher(
     rx: mpsc::Receiver<Arc<Reading>>,
-    queue: Arc<BatchQueue>,
+    queue: Buffer,
     settings: BatchSettings,
     metrics: Arc<Registry>,
 ) {
@@ -88,7 +242,7 @@ pub async fn run_batcher(
 pub async fn run_batcher_with_lines(
     mut rx: mpsc::Receiver<Arc<Reading>>,
     mut lines: Option<mpsc::UnboundedReceiver<String>>,
-    queue: Arc<BatchQueue>,
+    queue: Buffer,
     settings: BatchSettings,
     metrics: Arc<Registry>,
 ) {
@@ -111,7 +265,7 @@ pub async fn run_batcher_with_lines(
                     points += 1;
                 }
                 if points >= settings.batch_size {
-                    seal(&mut body, &mut points, &queue, &encoded);
+                    seal(&mut body, &mut points, &queue, &encoded).await;
                 }
             }
             Some(text) = recv_lines(&mut lines) => {
@@ -120,7 +274,7 @@ pub async fn run_batcher_with_lines(
             }
             _ = tick.tick() => {
                 if points > 0 {
-                    seal(&mut body, &mut points, &queue, &encoded);
+                    seal(&mut body, &mut points, &queue, &encoded).await;
                 }
             }
         }
@@ -132,7 +286,7 @@ pub async fn run_batcher_with_lines(
         }
     }
     if points > 0 {
-        seal(&mut body, &mut points, &queue, &encoded);
+        seal(&mut body, &mut points, &queue, &encoded).await;
     }
     queue.close();
 }
@@ -144,25 +298,33 @@ async fn recv_lines(lines: &mut Option<mpsc::UnboundedReceiver<String>>) -> Opti
     }
 }
 
-fn seal(body: &mut String, points: &mut usize, queue: &BatchQueue, encoded: &Counter) {
+async fn seal(body: &mut String, points: &mut usize, queue: &Buffer, encoded: &Counter) {
     let capacity = body.capacity();
     let text = std::mem::replace(body, String::with_capacity(capacity));
     encoded.add(*points as u64);
-    queue.push(Batch {
-        body: text,
-        points: *points,
-    });
+    queue
+        .push(Batch {
+            body: text,
+            points: *points,
+        })
+        .await;
     *points = 0;
 }
 
 /// Sends queued batches oldest first until the queue is closed and empty, or until `hard_stop`
-/// fires (shutdown deadline). Failed writes are retried with exponential backoff.
+/// fires (shutdown deadline). A batch leaves the queue only after a 2xx (acknowledged), or
+/// after a 4xx that can never succeed, in which case it is appended to `dead_letter` with the
+/// store's reason. Network errors, timeouts and 5xx are retried with exponential backoff;
+/// at shutdown, with a durable (spool) queue, the writer stops at the first failure instead,
+/// leaving the rest on disk for the next start.
 pub async fn run_writer(
     mut writer: Writer,
-    queue: Arc<BatchQueue>,
+    health: Arc<SinkHealth>,
+    dead_letter: PathBuf,
     metrics: Arc<Registry>,
     hard_stop: CancellationToken,
 ) {
+    let queue = health.buffer.clone();
     let labels = [("sink", writer.name())];
     let written = metrics.counter(
         "gridwatch_points_written_total",
@@ -184,9 +346,18 @@ pub async fn run_writer(
         "Time for one batch write.",
         &labels,
     );
+    let dead_lettered = metrics.counter(
+        "gridwatch_points_dead_lettered_total",
+        "Points the store refused with a 4xx, written to the dead-letter file.",
+        &labels,
+    );
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
-        let Some(batch) = queue.front() else {
+        let front = tokio::select! {
+            f = queue.front() => f,
+            _ = hard_stop.cancelled() => return,
+        };
+        let Some(out) = front else {
             if queue.is_closed() {
                 return;
             }
@@ -195,6 +366,7 @@ pub async fn run_writer(
                 _ = hard_stop.cancelled() => return,
             }
         };
+        let batch = Arc::clone(&out.batch);
         let started = Instant::now();
         let result = tokio::select! {
             r = writer.write(&batch.body) => r,
@@ -207,25 +379,82 @@ pub async fn run_writer(
         match result {
             Ok(()) => {
                 written.add(batch.points as u64);
-                queue.ack();
+                queue.ack(&out).await;
+                health.success();
                 backoff.reset();
             }
             Err(WriteError::Rejected { status, body }) => {
                 rejected.add(batch.points as u64);
-                tracing::error!(sink = writer.name(), status, points = batch.points, reason = %body, "store rejected batch");
-                queue.ack();
+                tracing::error!(sink = writer.name(), status, points = batch.points, reason = %body, dead_letter = %dead_letter.display(), "store rejected batch; moved to the dead-letter file");
+                match write_dead_letter(&dead_letter, status, &body, &batch.body).await {
+                    Ok(()) => dead_lettered.add(batch.points as u64),
+                    Err(e) => {
+                        tracing::error!(file = %dead_letter.display(), error = %e, points = batch.points, "cannot write the dead-letter file; the rejected batch is dropped")
+                    }
+                }
+                // The store answered, so it is up; the data was the problem.
+                health.success();
+                queue.ack(&out).await;
             }
             Err(e @ WriteError::Retryable(_)) => {
                 write_errors.inc();
+                health.failure(&e.to_string());
+                if queue.is_closed() && queue.is_durable() {
+                    tracing::warn!(sink = writer.name(), error = %e, pending_points = queue.pending_points(), "store unavailable at shutdown; unsent points stay in the spool for the next start");
+                    return;
+                }
                 let wait = backoff.next_delay();
                 tracing::warn!(sink = writer.name(), error = %e, retry_in_ms = wait.as_millis() as u64, pending_points = queue.pending_points(), "write failed");
+                let closed_durable = async {
+                    while !(queue.is_closed() && queue.is_durable()) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    _ = closed_durable => {
+                        tracing::warn!(sink = writer.name(), pending_points = queue.pending_points(), "store unavailable at shutdown; unsent points stay in the spool for the next start");
+                        return;
+                    }
                     _ = hard_stop.cancelled() => return,
                 }
             }
         }
     }
+}
+
+/// Appends a refused batch to `path` after a `#` comment line with the time, status and
+/// reason (line protocol treats `#` lines as comments, so the file can be re-imported after
+/// fixing the data). Returns after the data reached the OS.
+async fn write_dead_letter(
+    path: &std::path::Path,
+    status: u16,
+    reason: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await?;
+    let reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut text = format!(
+        "# {} HTTP {status}: {reason}\n",
+        chrono::Utc::now().to_rfc3339()
+    );
+    text.push_str(body);
+    if !body.ends_with('\n') {
+        text.push('\n');
+    }
+    f.write_all(text.as_bytes()).await?;
+    f.flush().await
 }
 
 /// Exponential backoff with full jitter, as used for reconnects and retries.

@@ -408,3 +408,18 @@ proptest! {
         prop_assert_eq!(line.timestamp, Some(ts));
     }
 }
+
+/// Found by the `lineproto` fuzz target: a doubled backslash at the end of a name.
+#[test]
+fn backslash_before_a_trailing_backslash_round_trips() {
+    assert_eq!(escape_key("\\\\"), "\\_");
+    assert_eq!(escape_key("a\\\\"), "a\\_");
+    assert_eq!(escape_key("a\\"), "a_");
+    assert_eq!(escape_measurement("m\\\\"), "m\\_");
+}
+
+#[test]
+fn tags_sort_as_written() {
+    // "\\" is written "_", which sorts after "\\z".
+    assert_eq!(series_key("", &[("\\", "\\"), ("\\z", "x")]), "_,\\z=x,_=_");
+}

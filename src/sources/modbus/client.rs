@@ -61,6 +61,11 @@ impl ReadOnlyClient {
         Ok(ReadOnlyClient { ctx, bus: None })
     }
 
+    /// Wraps an already attached TCP-framed context (tests and fuzzing over in-memory pipes).
+    pub fn from_context(ctx: Context) -> Self {
+        ReadOnlyClient { ctx, bus: None }
+    }
+
     /// Opens the serial port of an `rtu` endpoint (`device`, `baud`, `parity`, `data_bits`,
     /// `stop_bits`) and discards whatever was waiting in its buffers.
     pub fn connect_rtu(cfg: &EndpointConfig) -> std::io::Result<Self> {

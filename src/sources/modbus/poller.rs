@@ -299,10 +299,10 @@ impl Connection {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(due) => {}
             }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = self.poll(idx) => {}
-            }
+            // A poll in progress is finished, not dropped, at shutdown: its answers were
+            // already taken from the device, and dropping it would lose the reading. It is
+            // bounded by the request timeouts.
+            self.poll(idx).await;
             let d = &self.devices[idx];
             let after = self.cfg.backoff_after();
             let interval = backoff_interval(d.interval, d.failures, after, self.cfg.backoff_max);

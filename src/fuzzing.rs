@@ -1,0 +1,257 @@
+//! Bodies of the fuzz targets in `fuzz/`, as plain functions over bytes.
+//!
+//! Each function takes arbitrary input and either returns or panics; a panic is a bug
+//! (a crash on hostile input, or a broken invariant checked here). `cargo fuzz` drives them
+//! from `fuzz/fuzz_targets/*.rs`; the property tests in `tests/fuzz_props.rs` drive them
+//! with `proptest` in the normal test suite, so the targets also run where no nightly
+//! toolchain is installed.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::{self, Table};
+use crate::sinks::lineproto::{self, FieldValue};
+use crate::sinks::spool;
+use crate::sources::modbus::client::{ReadData, ReadOnlyClient};
+use crate::sources::modbus::compiled::CompiledProfile;
+use crate::sources::modbus::decode;
+use crate::sources::modbus::planner::PlanLimits;
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build a tokio runtime: {e}"))
+    })
+}
+
+fn profiles() -> &'static Vec<Arc<CompiledProfile>> {
+    static P: OnceLock<Vec<Arc<CompiledProfile>>> = OnceLock::new();
+    P.get_or_init(|| {
+        config::profile::BUILTIN_PROFILES
+            .iter()
+            .filter_map(|(name, text)| {
+                let mut issues = Vec::new();
+                let cfg = config::parse_profile_file(text, name, &mut issues)?;
+                CompiledProfile::compile(name, &cfg, &PlanLimits::default())
+                    .ok()
+                    .map(Arc::new)
+            })
+            .collect()
+    })
+}
+
+/// Target `modbus_response`: `data[0..2]` pick a built-in profile and one of its planned
+/// reads; the rest is what a hostile Modbus TCP server answers to that read. The real
+/// client (tokio-modbus behind [`ReadOnlyClient`]) parses it, and whatever it returns goes
+/// through the same decoding as in the poller. Must never panic or hang.
+pub fn modbus_response(data: &[u8]) {
+    let profiles = profiles();
+    let (Some(&p), Some(&r)) = (data.first(), data.get(1)) else {
+        return;
+    };
+    let Some(profile) = profiles.get(usize::from(p) % profiles.len().max(1)) else {
+        return;
+    };
+    let requests = &profile.plan.requests;
+    let Some(req) = requests.get(usize::from(r) % requests.len().max(1)) else {
+        return;
+    };
+    let answer = data[2..].to_vec();
+    runtime().block_on(async {
+        let (client_io, mut server_io) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            // Read the request first, as a server would, then answer and hang up.
+            let mut request = [0u8; 12];
+            let _ = server_io.read_exact(&mut request).await;
+            let _ = server_io.write_all(&answer).await;
+            let _ = server_io.shutdown().await;
+            let mut rest = Vec::new();
+            let _ = server_io.read_to_end(&mut rest).await;
+        });
+        let ctx = tokio_modbus::client::tcp::attach_slave(client_io, tokio_modbus::Slave(1));
+        let mut client = ReadOnlyClient::from_context(ctx);
+        let result = tokio::time::timeout(Duration::from_secs(5), client.read(1, req)).await;
+        drop(client);
+        server.abort();
+        let Ok(Ok(data)) = result else {
+            return;
+        };
+        let mut raw = profile.raw_buffer();
+        match (req.table, data) {
+            (Table::Holding | Table::Input, ReadData::Words(w)) => {
+                decode::decode_words(req, &w, &profile.registers, &mut raw);
+            }
+            (_, ReadData::Bits(b)) => {
+                decode::decode_bits(req, &b, &profile.registers, &mut raw);
+            }
+            (_, ReadData::Words(w)) => {
+                decode::decode_words(req, &w, &profile.registers, &mut raw);
+            }
+        }
+        let mut values = Vec::new();
+        profile.finish(&raw, &mut values);
+    });
+}
+
+/// A field value owned by a [`LineCase`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnedField {
+    /// Float.
+    F64(f64),
+    /// Signed integer.
+    I64(i64),
+    /// Unsigned integer.
+    U64(u64),
+    /// String.
+    Str(String),
+    /// Boolean.
+    Bool(bool),
+}
+
+impl OwnedField {
+    /// As the encoder's borrowed value.
+    pub fn borrow(&self) -> FieldValue<'_> {
+        match self {
+            OwnedField::F64(v) => FieldValue::F64(*v),
+            OwnedField::I64(v) => FieldValue::I64(*v),
+            OwnedField::U64(v) => FieldValue::U64(*v),
+            OwnedField::Str(v) => FieldValue::Str(v),
+            OwnedField::Bool(v) => FieldValue::Bool(*v),
+        }
+    }
+}
+
+/// One point built from fuzz bytes, for target `lineproto`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineCase {
+    /// Measurement (any text).
+    pub measurement: String,
+    /// Tags (any text).
+    pub tags: Vec<(String, String)>,
+    /// Fields (any keys, any values).
+    pub fields: Vec<(String, OwnedField)>,
+    /// Timestamp.
+    pub ts: i64,
+}
+
+impl LineCase {
+    /// Encodes the point with the production encoder.
+    pub fn encode(&self) -> String {
+        let tags: Vec<(&str, &str)> = self
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let fields: Vec<(&str, FieldValue<'_>)> = self
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.borrow()))
+            .collect();
+        let mut out = String::new();
+        lineproto::write_line(
+            &mut out,
+            &lineproto::series_key(&self.measurement, &tags),
+            &fields,
+            self.ts,
+        );
+        out
+    }
+}
+
+/// Splits fuzz bytes into a [`LineCase`]: `0xFF` separates texts (lossy UTF-8), the byte
+/// before each field text picks its type.
+pub fn line_case(data: &[u8]) -> LineCase {
+    let mut parts = data.split(|&b| b == 0xFF);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let measurement = parts.next().map(text).unwrap_or_default();
+    let ts_bytes: Vec<u8> = data.iter().rev().take(8).copied().collect();
+    let mut ts = [0u8; 8];
+    ts[..ts_bytes.len()].copy_from_slice(&ts_bytes);
+    let mut tags = Vec::new();
+    let mut fields = Vec::new();
+    let mut rest: Vec<&[u8]> = parts.collect();
+    let n_tags = rest.len() / 4;
+    for chunk in rest.drain(..n_tags * 2).collect::<Vec<_>>().chunks(2) {
+        if let [k, v] = chunk {
+            tags.push((text(k), text(v)));
+        }
+    }
+    for chunk in rest.chunks(2) {
+        let key = chunk.first().map(|k| text(k)).unwrap_or_default();
+        let v = chunk.get(1).copied().unwrap_or_default();
+        let num = |b: &[u8]| {
+            let mut a = [0u8; 8];
+            for (i, x) in b.iter().take(8).enumerate() {
+                a[i] = *x;
+            }
+            a
+        };
+        let value = match v.first().map(|b| b % 5) {
+            Some(0) => OwnedField::F64(f64::from_le_bytes(num(&v[1..]))),
+            Some(1) => OwnedField::I64(i64::from_le_bytes(num(&v[1..]))),
+            Some(2) => OwnedField::U64(u64::from_le_bytes(num(&v[1..]))),
+            Some(3) => OwnedField::Bool(v.len() % 2 == 0),
+            _ => OwnedField::Str(text(v.get(1..).unwrap_or_default())),
+        };
+        fields.push((key, value));
+    }
+    LineCase {
+        measurement,
+        tags,
+        fields,
+        ts: i64::from_le_bytes(ts),
+    }
+}
+
+/// Target `spool_segment`: any bytes as a segment file. The reader must not panic, must
+/// stop at the first damaged record, and the good prefix must re-encode to the same bytes.
+pub fn spool_segment(data: &[u8]) {
+    let scan = spool::scan_segment(data);
+    assert!(scan.valid_len as usize <= data.len());
+    assert_eq!(
+        scan.damage.is_none(),
+        scan.valid_len as usize == data.len(),
+        "a scan without damage must cover all bytes"
+    );
+    if scan.valid_len == 0 {
+        assert!(scan.records.is_empty());
+        return;
+    }
+    let mut rebuilt = spool::SEGMENT_MAGIC.to_vec();
+    for r in &scan.records {
+        let start = r.offset as usize + spool::RECORD_HEADER;
+        let payload = &data[start..start + r.len as usize];
+        assert_eq!(r.offset as usize, rebuilt.len(), "records are contiguous");
+        spool::encode_record(&mut rebuilt, r.points, payload);
+    }
+    assert_eq!(&rebuilt[..], &data[..scan.valid_len as usize]);
+}
+
+/// Target `config`: any text as a configuration file. Loading must return a config or a
+/// list of errors that each name the file, never panic.
+pub fn config_text(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // `profile_dirs` would read the file system; a fixed, missing base keeps it contained.
+    match config::load_str(
+        text,
+        "<fuzz>",
+        Path::new("/nonexistent-gridwatch-fuzz"),
+        &config::profile::BUILTIN_PROFILES,
+    ) {
+        Ok(_) => {}
+        Err(errors) => {
+            assert!(!errors.0.is_empty());
+            for e in &errors.0 {
+                assert!(!e.file.is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,848 @@
+//! The disk-backed store-and-forward queue between the batcher and the writer.
+//!
+//! Data enters as a sealed line-protocol [`Batch`] from the batcher ([`Spool::push`]) and is
+//! appended as one record to the newest segment file under `data_dir/spool/`. The writer
+//! takes the oldest unacknowledged record ([`Spool::front`]), sends it, and only after the
+//! store answered 2xx calls [`Spool::ack`]; a segment file is deleted once every record in
+//! it is acknowledged. On start-up ([`Spool::open`]) every segment left behind is scanned and
+//! its unacknowledged records are replayed first, oldest first, then live batches follow.
+//!
+//! Segment file `NNNNNNNNNNNNNNNNNNNN.seg` (id, zero-padded so names sort in order):
+//!
+//! ```text
+//! "GWSPOOL1"                                   8-byte magic
+//! repeated: len u32 LE | crc u32 LE | points u32 LE | payload (len bytes)
+//! ```
+//!
+//! `crc` is CRC-32 (IEEE) over `len`, `points` and the payload, so a torn write (the process
+//! or the machine died half-way through an append) or a flipped bit is detected. Recovery
+//! truncates the segment at the last good record and counts it
+//! (`gridwatch_spool_torn_records_total`); later segments are replayed normally, so one bad
+//! tail never blocks the rest and is never sent as garbage.
+//!
+//! The *index* file `ack` holds the position of the oldest unacknowledged record
+//! (segment id, byte offset, CRC-32 of both). It is rewritten (write, fsync, rename) after
+//! every acknowledgement. Delivery is at-least-once: if the daemon dies between the store's
+//! 2xx and the index update, that one batch is sent again (InfluxDB overwrites a point with
+//! the same series and timestamp, so it does not show twice there).
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WhenFull;
+use crate::metrics::{Counter, Gauge, Registry};
+
+use super::queue::Batch;
+
+/// The first bytes of every segment file.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"GWSPOOL1";
+/// Bytes of a record header: length, CRC, point count.
+pub const RECORD_HEADER: usize = 12;
+/// Largest payload a record may claim; anything bigger is corruption, not data (a batch
+/// of 5000 points is about 1 MiB).
+pub const MAX_RECORD: u32 = 256 << 20;
+const INDEX_FILE: &str = "ack";
+
+/// What can go wrong with the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file operation failed.
+    #[error("spool {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A blocking task died (a panic in a file operation).
+    #[error("spool task failed: {0}")]
+    Task(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// When appended records are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// `fsync` after every appended batch and every index update: a batch handed to
+    /// [`Spool::push`] survives a power cut once `push` returned.
+    EveryBatch,
+    /// `fsync` at most this often ([`run_syncer`]): a batch survives a killed process once
+    /// `push` returned, a power cut once the next sync ran.
+    Interval(Duration),
+}
+
+/// How the spool is set up.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// Directory of the segment files (`data_dir/spool`).
+    pub dir: PathBuf,
+    /// Most bytes of segment files on disk.
+    pub max_bytes: u64,
+    /// A segment is closed and a new one started beyond this size.
+    pub segment_bytes: u64,
+    /// What [`Spool::push`] does when `max_bytes` would be exceeded.
+    pub when_full: WhenFull,
+    /// Durability policy.
+    pub fsync: Fsync,
+}
+
+/// Where one record is: the segment id and the byte offset of its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordId {
+    /// Segment id.
+    pub segment: u64,
+    /// Offset of the record header in the segment file.
+    pub offset: u64,
+}
+
+/// One record found by [`scan_segment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// Offset of the record header.
+    pub offset: u64,
+    /// Payload length.
+    pub len: u32,
+    /// Points in the batch.
+    pub points: u32,
+}
+
+impl RecordMeta {
+    fn end(&self) -> u64 {
+        self.offset + RECORD_HEADER as u64 + u64::from(self.len)
+    }
+}
+
+/// Why a segment scan stopped before the end of the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// The file does not start with [`SEGMENT_MAGIC`].
+    BadMagic,
+    /// The data ends inside a record header.
+    TornHeader,
+    /// A header claims more than [`MAX_RECORD`] bytes.
+    Oversized,
+    /// The data ends inside a record payload.
+    TornPayload,
+    /// The CRC does not match.
+    Checksum,
+}
+
+/// What [`scan_segment`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Good records, in file order.
+    pub records: Vec<RecordMeta>,
+    /// Bytes up to the end of the last good record (the length to truncate to).
+    pub valid_len: u64,
+    /// Why the scan stopped early, if it did.
+    pub damage: Option<Damage>,
+}
+
+/// Reads the records of a segment image: every good record up to the first damaged one.
+/// Never panics, whatever the bytes (this is the fuzz target `spool_segment`).
+pub fn scan_segment(data: &[u8]) -> Scan {
+    let mut records = Vec::new();
+    if data.len() < SEGMENT_MAGIC.len() || &data[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
+        return Scan {
+            records,
+            valid_len: 0,
+            damage: (!data.is_empty()).then_some(Damage::BadMagic),
+        };
+    }
+    let mut pos = SEGMENT_MAGIC.len();
+    let damage = loop {
+        let rest = &data[pos..];
+        if rest.is_empty() {
+            break None;
+        }
+        match decode_record(rest) {
+            Ok((meta, _payload)) => {
+                records.push(RecordMeta {
+                    offset: pos as u64,
+                    ..meta
+                });
+                pos += RECORD_HEADER + meta.len as usize;
+            }
+            Err(d) => break Some(d),
+        }
+    };
+    Scan {
+        records,
+        valid_len: pos as u64,
+        damage,
+    }
+}
+
+/// Decodes the record at the start of `data`: its meta (offset 0) and payload.
+pub fn decode_record(data: &[u8]) -> Result<(RecordMeta, &[u8]), Damage> {
+    let Some(header) = data.get(..RECORD_HEADER) else {
+        return Err(Damage::TornHeader);
+    };
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let (len, crc, points) = (word(0), word(4), word(8));
+    if len > MAX_RECORD {
+        return Err(Damage::Oversized);
+    }
+    let Some(payload) = data.get(RECORD_HEADER..RECORD_HEADER + len as usize) else {
+        return Err(Damage::TornPayload);
+    };
+    if record_crc(len, points, payload) != crc {
+        return Err(Damage::Checksum);
+    }
+    Ok((
+        RecordMeta {
+            offset: 0,
+            len,
+            points,
+        },
+        payload,
+    ))
+}
+
+fn record_crc(len: u32, points: u32, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&points.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// Encodes one record (header and payload) onto `out`.
+pub fn encode_record(out: &mut Vec<u8>, points: u32, payload: &[u8]) {
+    // A batch is far below 4 GiB; the cap keeps a bogus one from wrapping the length.
+    let len = u32::try_from(payload.len())
+        .unwrap_or(u32::MAX)
+        .min(MAX_RECORD);
+    let payload = &payload[..len as usize];
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&record_crc(len, points, payload).to_le_bytes());
+    out.extend_from_slice(&points.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+struct Segment {
+    id: u64,
+    /// File length on disk.
+    bytes: u64,
+    /// Records not yet acknowledged, oldest first.
+    records: VecDeque<RecordMeta>,
+}
+
+struct Inner {
+    segments: VecDeque<Segment>,
+    /// The segment being appended to: its id and open file (the last of `segments`).
+    open: Option<(u64, File)>,
+    next_id: u64,
+    disk_bytes: u64,
+    pending_points: u64,
+    pending_batches: u64,
+    /// Data written since the last fsync.
+    dirty: bool,
+}
+
+struct SpoolMetrics {
+    torn: Counter,
+    dropped: Counter,
+    blocked: Counter,
+    recovered: Counter,
+    io_errors: Counter,
+    pending_points: Gauge,
+    pending_bytes: Gauge,
+    pending_batches: Gauge,
+}
+
+/// The disk queue. Shared by the batcher (push) and the writer (front/ack).
+pub struct Spool {
+    settings: SpoolSettings,
+    inner: Mutex<Inner>,
+    /// Wakes the writer when a batch arrived or the spool closed.
+    arrived: Notify,
+    /// Wakes a blocked pusher when space was freed.
+    space: Notify,
+    closed: AtomicBool,
+    metrics: SpoolMetrics,
+}
+
+/// Recovery figures of [`Spool::open`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Segments with unsent data.
+    pub segments: usize,
+    /// Unsent batches.
+    pub batches: u64,
+    /// Unsent points.
+    pub points: u64,
+    /// Records found damaged and truncated away.
+    pub torn: u64,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_suffix(".seg")?.parse().ok()
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `settings.dir` and recovers what a previous
+    /// run left: acknowledged segments are deleted, damaged tails truncated (and counted),
+    /// unacknowledged records queued for replay in their original order.
+    pub fn open(
+        settings: SpoolSettings,
+        registry: &Registry,
+    ) -> Result<(Arc<Spool>, Recovered), SpoolError> {
+        let dir = settings.dir.clone();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let metrics = SpoolMetrics {
+            torn: registry.counter(
+                "gridwatch_spool_torn_records_total",
+                "Damaged spool records (torn writes, bad checksums) truncated at start-up.",
+                &[],
+            ),
+            dropped: registry.counter(
+                "gridwatch_spool_dropped_points_total",
+                "Points dropped from the spool because it was full (when_full = drop_oldest).",
+                &[],
+            ),
+            blocked: registry.counter(
+                "gridwatch_spool_full_waits_total",
+                "Times the batcher waited for space (when_full = block_sources).",
+                &[],
+            ),
+            recovered: registry.counter(
+                "gridwatch_spool_recovered_points_total",
+                "Unsent points found in the spool at start-up and queued for replay.",
+                &[],
+            ),
+            io_errors: registry.counter(
+                "gridwatch_spool_io_errors_total",
+                "Failed spool file operations.",
+                &[],
+            ),
+            pending_points: registry.gauge(
+                "gridwatch_spool_pending_points",
+                "Points in the spool not yet accepted by the store.",
+                &[],
+            ),
+            pending_bytes: registry.gauge(
+                "gridwatch_spool_bytes",
+                "Bytes of spool segment files on disk.",
+                &[],
+            ),
+            pending_batches: registry.gauge(
+                "gridwatch_spool_pending_batches",
+                "Batches in the spool not yet accepted by the store.",
+                &[],
+            ),
+        };
+        let index = read_index(&dir);
+        let mut ids: Vec<u64> = fs::read_dir(&dir)
+            .map_err(io_err(&dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| parse_segment_name(e.file_name().to_str()?))
+            .collect();
+        ids.sort_unstable();
+        let mut rec = Recovered::default();
+        let mut inner = Inner {
+            segments: VecDeque::new(),
+            open: None,
+            next_id: ids.last().map_or(1, |l| l + 1),
+            disk_bytes: 0,
+            pending_points: 0,
+            pending_batches: 0,
+            dirty: false,
+        };
+        if let Some((seg, _)) = index {
+            inner.next_id = inner.next_id.max(seg + 1);
+        }
+        for id in ids {
+            let path = segment_path(&dir, id);
+            if index.is_some_and(|(seg, _)| id < seg) {
+                remove(&path);
+                continue;
+            }
+            let data = fs::read(&path).map_err(io_err(&path))?;
+            let scan = scan_segment(&data);
+            if let Some(damage) = scan.damage {
+                rec.torn += 1;
+                metrics.torn.inc();
+                tracing::warn!(segment = %path.display(), offset = scan.valid_len, damaged_bytes = data.len() as u64 - scan.valid_len, ?damage, good_records = scan.records.len(), "spool segment damaged; truncated at the last good record");
+                truncate(&path, scan.valid_len).map_err(io_err(&path))?;
+            }
+            let skip_before = match index {
+                Some((seg, off)) if seg == id => off,
+                _ => 0,
+            };
+            let records: VecDeque<RecordMeta> = scan
+                .records
+                .into_iter()
+                .filter(|r| r.offset >= skip_before)
+                .collect();
+            if records.is_empty() {
+                remove(&path);
+                continue;
+            }
+            rec.segments += 1;
+            rec.batches += records.len() as u64;
+            rec.points += records.iter().map(|r| u64::from(r.points)).sum::<u64>();
+            inner.disk_bytes += scan.valid_len;
+            inner.segments.push_back(Segment {
+                id,
+                bytes: scan.valid_len,
+                records,
+            });
+        }
+        inner.pending_batches = rec.batches;
+        inner.pending_points = rec.points;
+        metrics.recovered.add(rec.points);
+        if rec.points > 0 || rec.torn > 0 {
+            tracing::info!(
+                segments = rec.segments,
+                batches = rec.batches,
+                points = rec.points,
+                torn_records = rec.torn,
+                "spool recovered unsent telemetry; replaying it first"
+            );
+        }
+        let spool = Arc::new(Spool {
+            settings,
+            inner: Mutex::new(inner),
+            arrived: Notify::new(),
+            space: Notify::new(),
+            closed: AtomicBool::new(false),
+            metrics,
+        });
+        spool.update_gauges(&spool.lock());
+        Ok((spool, rec))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update_gauges(&self, inner: &Inner) {
+        self.metrics.pending_points.set(inner.pending_points as f64);
+        self.metrics
+            .pending_batches
+            .set(inner.pending_batches as f64);
+        self.metrics.pending_bytes.set(inner.disk_bytes as f64);
+    }
+
+    /// Appends a batch. Durability: with [`Fsync::EveryBatch`] the batch is on disk
+    /// (fsynced) when this returns `Ok`; with [`Fsync::Interval`] it is in the OS page cache
+    /// (safe from a killed process, not from a power cut until the next sync).
+    ///
+    /// When the spool is full, `drop_oldest` deletes the oldest segment (counted in
+    /// `gridwatch_spool_dropped_points_total`), `block_sources` waits until the writer freed
+    /// space — which stops the batcher, then the pipeline, then polling.
+    pub async fn push(self: &Arc<Self>, batch: Arc<Batch>) -> Result<(), SpoolError> {
+        let need = (RECORD_HEADER + batch.body.len()) as u64;
+        if self.settings.when_full == WhenFull::BlockSources {
+            let mut logged = false;
+            while self.is_full_for(need) {
+                if !logged {
+                    self.metrics.blocked.inc();
+                    tracing::warn!(
+                        max_bytes = self.settings.max_bytes,
+                        "spool full; holding back new telemetry until the store catches up"
+                    );
+                    logged = true;
+                }
+                // The sleep covers a wake-up that raced with the check.
+                tokio::select! {
+                    _ = self.space.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+        let this = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || this.append(&batch))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))?;
+        if let Err(e) = &result {
+            self.metrics.io_errors.inc();
+            tracing::error!(error = %e, "spool append failed");
+        }
+        self.arrived.notify_one();
+        result
+    }
+
+    /// Whether appending `need` bytes would pass `max_bytes` while something could be freed.
+    fn is_full_for(&self, need: u64) -> bool {
+        let inner = self.lock();
+        inner.pending_batches > 0 && inner.disk_bytes + need > self.settings.max_bytes
+    }
+
+    fn append(&self, batch: &Batch) -> Result<(), SpoolError> {
+        let mut buf = Vec::with_capacity(RECORD_HEADER + batch.body.len());
+        let points = u32::try_from(batch.points).unwrap_or(u32::MAX);
+        encode_record(&mut buf, points, batch.body.as_bytes());
+        let need = buf.len() as u64;
+        let mut inner = self.lock();
+        if self.settings.when_full == WhenFull::DropOldest {
+            while inner.disk_bytes + need > self.settings.max_bytes && !inner.segments.is_empty() {
+                self.drop_oldest(&mut inner);
+            }
+        }
+        let rotate = match &inner.open {
+            Some((id, _)) => inner
+                .segments
+                .back()
+                .is_none_or(|s| s.id != *id || s.bytes >= self.settings.segment_bytes),
+            None => true,
+        };
+        if rotate {
+            self.close_open(&mut inner)?;
+            let id = inner.next_id;
+            inner.next_id += 1;
+            let path = segment_path(&self.settings.dir, id);
+            let mut file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            file.write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
+            if self.settings.fsync == Fsync::EveryBatch {
+                // The new directory entry must survive too, not only the file's bytes.
+                sync_dir(&self.settings.dir);
+            }
+            inner.open = Some((id, file));
+            inner.disk_bytes += SEGMENT_MAGIC.len() as u64;
+            inner.segments.push_back(Segment {
+                id,
+                bytes: SEGMENT_MAGIC.len() as u64,
+                records: VecDeque::new(),
+            });
+        }
+        let written = {
+            let Inner { open, segments, .. } = &mut *inner;
+            let (Some((id, file)), Some(seg)) = (open.as_mut(), segments.back()) else {
+                return Err(SpoolError::Task("no open segment".into()));
+            };
+            let path = segment_path(&self.settings.dir, *id);
+            match file.write_all(&buf) {
+                Ok(()) => {
+                    if self.settings.fsync == Fsync::EveryBatch
+                        && let Err(e) = file.sync_data()
+                    {
+                        // The bytes are written; failing the push would append them twice.
+                        self.metrics.io_errors.inc();
+                        tracing::error!(file = %path.display(), error = %e, "spool fsync failed");
+                    }
+                    Ok(seg.bytes)
+                }
+                Err(e) => Err(SpoolError::Io { path, source: e }),
+            }
+        };
+        let offset = match written {
+            Ok(offset) => offset,
+            Err(e) => {
+                // A partial append leaves a torn record in the middle of the segment: start a
+                // fresh segment for the next batch (recovery truncates this one).
+                inner.open = None;
+                return Err(e);
+            }
+        };
+        let Some(seg) = inner.segments.back_mut() else {
+            return Err(SpoolError::Task("no open segment".into()));
+        };
+        seg.bytes += need;
+        seg.records.push_back(RecordMeta {
+            offset,
+            len: (need as usize - RECORD_HEADER) as u32,
+            points,
+        });
+        inner.disk_bytes += need;
+        inner.pending_points += u64::from(points);
+        inner.pending_batches += 1;
+        inner.dirty = self.settings.fsync != Fsync::EveryBatch;
+        self.update_gauges(&inner);
+        Ok(())
+    }
+
+    fn close_open(&self, inner: &mut Inner) -> Result<(), SpoolError> {
+        if let Some((id, file)) = inner.open.take() {
+            file.sync_data()
+                .map_err(io_err(&segment_path(&self.settings.dir, id)))?;
+        }
+        Ok(())
+    }
+
+    fn drop_oldest(&self, inner: &mut Inner) {
+        let Some(seg) = inner.segments.pop_front() else {
+            return;
+        };
+        if inner.open.as_ref().is_some_and(|(id, _)| *id == seg.id) {
+            inner.open = None;
+        }
+        let points: u64 = seg.records.iter().map(|r| u64::from(r.points)).sum();
+        inner.pending_points -= points;
+        inner.pending_batches -= seg.records.len() as u64;
+        inner.disk_bytes -= seg.bytes;
+        remove(&segment_path(&self.settings.dir, seg.id));
+        self.metrics.dropped.add(points);
+        tracing::error!(
+            segment = seg.id,
+            points,
+            batches = seg.records.len(),
+            max_bytes = self.settings.max_bytes,
+            "spool full, dropped the oldest segment"
+        );
+        self.update_gauges(inner);
+    }
+
+    /// The oldest unacknowledged batch, read back from disk, or `None` when the spool is
+    /// empty. A record that cannot be read back (deleted or damaged file) is logged,
+    /// counted and skipped so that it never blocks the rest.
+    pub async fn front(self: &Arc<Self>) -> Option<(Batch, RecordId)> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.front_blocking())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn front_blocking(&self) -> Option<(Batch, RecordId)> {
+        loop {
+            let (id, meta) = {
+                let inner = self.lock();
+                let seg = inner.segments.iter().find(|s| !s.records.is_empty())?;
+                (seg.id, *seg.records.front()?)
+            };
+            let rid = RecordId {
+                segment: id,
+                offset: meta.offset,
+            };
+            match self.read_record(id, meta) {
+                Ok(batch) => return Some((batch, rid)),
+                Err(e) => {
+                    self.metrics.io_errors.inc();
+                    tracing::error!(segment = id, offset = meta.offset, error = %e, points = meta.points, "cannot read a spooled batch back; skipping it");
+                    self.ack_blocking(rid);
+                }
+            }
+        }
+    }
+
+    fn read_record(&self, id: u64, meta: RecordMeta) -> Result<Batch, String> {
+        let path = segment_path(&self.settings.dir, id);
+        let mut file = File::open(&path).map_err(|e| e.to_string())?;
+        file.seek(SeekFrom::Start(meta.offset))
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; RECORD_HEADER + meta.len as usize];
+        file.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        let (got, payload) = decode_record(&buf).map_err(|d| format!("{d:?}"))?;
+        let body = String::from_utf8(payload.to_vec()).map_err(|e| e.to_string())?;
+        Ok(Batch {
+            body,
+            points: got.points as usize,
+        })
+    }
+
+    /// Marks the batch `id` (from [`front`](Self::front)) as accepted by the store: it will
+    /// not be sent again, also not after a restart once the index update reached the disk
+    /// (fsynced here with [`Fsync::EveryBatch`]).
+    pub async fn ack(self: &Arc<Self>, id: RecordId) {
+        let this = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || this.ack_blocking(id)).await;
+    }
+
+    fn ack_blocking(&self, id: RecordId) {
+        let mut inner = self.lock();
+        let Some(pos) = inner.segments.iter().position(|s| s.id == id.segment) else {
+            // Dropped by drop_oldest while in flight.
+            return;
+        };
+        let seg = &mut inner.segments[pos];
+        if seg.records.front().map(|r| r.offset) != Some(id.offset) {
+            return;
+        }
+        let Some(meta) = seg.records.pop_front() else {
+            return;
+        };
+        let finished = seg.records.is_empty();
+        let is_open = inner.open.as_ref().is_some_and(|(o, _)| *o == id.segment);
+        inner.pending_points -= u64::from(meta.points);
+        inner.pending_batches -= 1;
+        if finished
+            && !is_open
+            && let Some(seg) = inner.segments.remove(pos)
+        {
+            inner.disk_bytes -= seg.bytes;
+            remove(&segment_path(&self.settings.dir, seg.id));
+        }
+        let next = inner
+            .segments
+            .iter()
+            .find_map(|s| s.records.front().map(|r| (s.id, r.offset)))
+            .unwrap_or((id.segment, meta.end()));
+        self.update_gauges(&inner);
+        drop(inner);
+        if let Err(e) = write_index(
+            &self.settings.dir,
+            next,
+            self.settings.fsync == Fsync::EveryBatch,
+        ) {
+            self.metrics.io_errors.inc();
+            tracing::warn!(error = %e, "cannot update the spool index (batches may be sent twice after a restart)");
+        }
+        self.space.notify_waiters();
+    }
+
+    /// Waits until a batch was pushed or the spool was closed.
+    pub async fn wait(&self) {
+        self.arrived.notified().await;
+    }
+
+    /// No more batches will be pushed: forces the open segment to disk.
+    pub fn close(&self) {
+        self.lock().dirty = true;
+        self.sync();
+        self.closed.store(true, Ordering::Release);
+        self.arrived.notify_one();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Forces appended data to disk (the [`Fsync::Interval`] tick, and at close).
+    pub fn sync(&self) {
+        let mut inner = self.lock();
+        if !inner.dirty {
+            return;
+        }
+        if let Some((id, file)) = &inner.open
+            && let Err(e) = file.sync_data()
+        {
+            self.metrics.io_errors.inc();
+            tracing::error!(segment = *id, error = %e, "spool fsync failed");
+            return;
+        }
+        inner.dirty = false;
+    }
+
+    /// Points waiting for the store.
+    pub fn pending_points(&self) -> u64 {
+        self.lock().pending_points
+    }
+
+    /// Batches waiting for the store.
+    pub fn pending_batches(&self) -> u64 {
+        self.lock().pending_batches
+    }
+
+    /// Bytes of segment files on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.lock().disk_bytes
+    }
+
+    /// The configured cap.
+    pub fn max_bytes(&self) -> u64 {
+        self.settings.max_bytes
+    }
+
+    /// The fsync policy.
+    pub fn fsync(&self) -> Fsync {
+        self.settings.fsync
+    }
+
+    /// Whether the spool is at its cap (above 95 % of `max_bytes`).
+    pub fn is_full(&self) -> bool {
+        let inner = self.lock();
+        inner.disk_bytes.saturating_mul(100) >= self.settings.max_bytes.saturating_mul(95)
+    }
+}
+
+/// Forces the spool to disk every `interval` until `cancel` fires ([`Fsync::Interval`]).
+pub async fn run_syncer(spool: Arc<Spool>, interval: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {
+                let s = Arc::clone(&spool);
+                let _ = tokio::task::spawn_blocking(move || s.sync()).await;
+            }
+        }
+    }
+    spool.sync();
+}
+
+fn remove(path: &Path) {
+    if let Err(e) = fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(file = %path.display(), error = %e, "cannot delete spool segment");
+    }
+}
+
+fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.set_len(len)?;
+    f.sync_all()
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn read_index(dir: &Path) -> Option<(u64, u64)> {
+    let data = fs::read(dir.join(INDEX_FILE)).ok()?;
+    let bytes: [u8; 20] = data.get(..20)?.try_into().ok()?;
+    let seg = u64::from_le_bytes(bytes[0..8].try_into().ok()?);
+    let off = u64::from_le_bytes(bytes[8..16].try_into().ok()?);
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().ok()?);
+    if crc32fast::hash(&bytes[..16]) != crc {
+        tracing::warn!(
+            "spool index damaged; replaying every segment (some batches may be sent twice)"
+        );
+        return None;
+    }
+    Some((seg, off))
+}
+
+/// Durability: with `fsync`, returns after the new index is on disk (file and rename).
+fn write_index(dir: &Path, (seg, off): (u64, u64), fsync: bool) -> std::io::Result<()> {
+    let mut bytes = [0u8; 20];
+    bytes[0..8].copy_from_slice(&seg.to_le_bytes());
+    bytes[8..16].copy_from_slice(&off.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..16]);
+    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+    let tmp = dir.join("ack.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        if fsync {
+            f.sync_data()?;
+        }
+    }
+    fs::rename(&tmp, dir.join(INDEX_FILE))?;
+    if fsync {
+        sync_dir(dir);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

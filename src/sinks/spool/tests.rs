@@ -1,0 +1,240 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use proptest::prelude::*;
+
+fn settings(dir: &Path) -> SpoolSettings {
+    SpoolSettings {
+        dir: dir.to_path_buf(),
+        max_bytes: 1 << 30,
+        segment_bytes: 4096,
+        when_full: WhenFull::DropOldest,
+        fsync: Fsync::EveryBatch,
+    }
+}
+
+fn batch(i: usize) -> Arc<Batch> {
+    Arc::new(Batch {
+        body: format!("m,device=d{i} v={i} {i}\n"),
+        points: 1,
+    })
+}
+
+async fn drain(spool: &Arc<Spool>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some((b, id)) = spool.front().await {
+        out.push(b.body);
+        spool.ack(id).await;
+    }
+    out
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn replays_unacked_batches_in_order_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::new();
+    let (spool, rec) = Spool::open(settings(dir.path()), &reg).unwrap();
+    assert_eq!(rec, Recovered::default());
+    for i in 0..300 {
+        spool.push(batch(i)).await.unwrap();
+    }
+    assert!(segments(dir.path()).len() > 1, "segment_bytes rotates");
+    // The store took the first 100.
+    for _ in 0..100 {
+        let (_, id) = spool.front().await.unwrap();
+        spool.ack(id).await;
+    }
+    drop(spool);
+    let reg = Registry::new();
+    let (spool, rec) = Spool::open(settings(dir.path()), &reg).unwrap();
+    assert_eq!(rec.batches, 200);
+    assert_eq!(rec.points, 200);
+    assert_eq!(rec.torn, 0);
+    spool.push(batch(300)).await.unwrap();
+    let got = drain(&spool).await;
+    let want: Vec<String> = (100..=300).map(|i| batch(i).body.clone()).collect();
+    assert_eq!(got, want);
+    assert_eq!(spool.pending_points(), 0);
+    // Only the open segment is left once everything is acknowledged.
+    assert_eq!(segments(dir.path()).len(), 1);
+}
+
+#[tokio::test]
+async fn torn_last_record_is_truncated_counted_and_the_rest_replayed() {
+    for seed in 0..20u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new();
+        let (spool, _) = Spool::open(settings(dir.path()), &reg).unwrap();
+        let n = 30;
+        for i in 0..n {
+            spool.push(batch(i)).await.unwrap();
+        }
+        drop(spool);
+        let segs = segments(dir.path());
+        let last = segs.last().unwrap();
+        let len = fs::metadata(last).unwrap().len();
+        let scan = scan_segment(&fs::read(last).unwrap());
+        let last_rec = *scan.records.last().unwrap();
+        // Cut at a random byte inside the last record (header or payload).
+        let cut = last_rec.offset + 1 + (seed * 7919) % (len - last_rec.offset - 1);
+        OpenOptions::new()
+            .write(true)
+            .open(last)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+
+        let reg = Registry::new();
+        let (spool, rec) = Spool::open(settings(dir.path()), &reg).unwrap();
+        assert_eq!(rec.torn, 1, "seed {seed}");
+        assert_eq!(reg.counter_total("gridwatch_spool_torn_records_total"), 1);
+        assert_eq!(fs::metadata(last).unwrap().len(), last_rec.offset);
+        let got = drain(&spool).await;
+        let want: Vec<String> = (0..n - 1).map(|i| batch(i).body.clone()).collect();
+        assert_eq!(got, want, "seed {seed}");
+    }
+}
+
+#[tokio::test]
+async fn damage_in_an_old_segment_does_not_block_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::new();
+    let (spool, _) = Spool::open(settings(dir.path()), &reg).unwrap();
+    for i in 0..300 {
+        spool.push(batch(i)).await.unwrap();
+    }
+    drop(spool);
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3);
+    // Flip a payload byte in the middle of the first segment.
+    let mut data = fs::read(&segs[0]).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x55;
+    fs::write(&segs[0], &data).unwrap();
+    let reg = Registry::new();
+    let (spool, rec) = Spool::open(settings(dir.path()), &reg).unwrap();
+    assert_eq!(rec.torn, 1);
+    let got = drain(&spool).await;
+    // Everything after the damaged segment is there, in order, and nothing is garbage.
+    let last_300: Vec<String> = (0..300).map(|i| batch(i).body.clone()).collect();
+    assert!(got.len() < 300 && got.len() > 200, "{}", got.len());
+    let first = last_300.iter().position(|b| *b == got[0]).unwrap();
+    assert_eq!(first, 0);
+    assert!(got.iter().all(|b| last_300.contains(b)));
+    assert_eq!(got.last(), last_300.last());
+}
+
+#[tokio::test]
+async fn drop_oldest_counts_what_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::new();
+    let s = SpoolSettings {
+        max_bytes: 8192,
+        ..settings(dir.path())
+    };
+    let (spool, _) = Spool::open(s, &reg).unwrap();
+    for i in 0..500 {
+        spool.push(batch(i)).await.unwrap();
+    }
+    assert!(spool.disk_bytes() <= 8192);
+    let dropped = reg.counter_total("gridwatch_spool_dropped_points_total");
+    assert!(dropped > 0);
+    let got = drain(&spool).await;
+    assert_eq!(got.len() as u64 + dropped, 500);
+    assert_eq!(got.last().unwrap(), &batch(499).body);
+}
+
+#[tokio::test]
+async fn block_sources_waits_for_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::new();
+    let s = SpoolSettings {
+        max_bytes: 8192,
+        when_full: WhenFull::BlockSources,
+        ..settings(dir.path())
+    };
+    let (spool, _) = Spool::open(s, &reg).unwrap();
+    let mut i = 0;
+    while !spool.is_full_for((RECORD_HEADER + batch(i).body.len()) as u64) {
+        spool.push(batch(i)).await.unwrap();
+        i += 1;
+    }
+    let pushed = i;
+    let blocked = {
+        let spool = Arc::clone(&spool);
+        tokio::spawn(async move { spool.push(batch(pushed)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !blocked.is_finished(),
+        "push must wait while the spool is full"
+    );
+    assert_eq!(reg.counter_total("gridwatch_spool_full_waits_total"), 1);
+    let got = drain(&spool).await;
+    blocked.await.unwrap().unwrap();
+    let rest = drain(&spool).await;
+    assert_eq!(got.len() + rest.len(), pushed + 1);
+    assert_eq!(reg.counter_total("gridwatch_spool_dropped_points_total"), 0);
+}
+
+#[tokio::test]
+async fn interval_fsync_still_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::new();
+    let s = SpoolSettings {
+        fsync: Fsync::Interval(Duration::from_millis(50)),
+        ..settings(dir.path())
+    };
+    let (spool, _) = Spool::open(s.clone(), &reg).unwrap();
+    for i in 0..10 {
+        spool.push(batch(i)).await.unwrap();
+    }
+    spool.close();
+    drop(spool);
+    let (spool, rec) = Spool::open(s, &Registry::new()).unwrap();
+    assert_eq!(rec.batches, 10);
+    assert_eq!(drain(&spool).await.len(), 10);
+}
+
+proptest! {
+    #[test]
+    fn scan_never_panics_and_keeps_a_reencodable_prefix(data in prop::collection::vec(any::<u8>(), 0..512)) {
+        crate::fuzzing::spool_segment(&data);
+        let mut with_magic = SEGMENT_MAGIC.to_vec();
+        with_magic.extend_from_slice(&data);
+        crate::fuzzing::spool_segment(&with_magic);
+    }
+
+    #[test]
+    fn any_truncation_keeps_exactly_the_whole_records(
+        bodies in prop::collection::vec("[a-z0-9 =,\n]{0,40}", 1..8),
+        cut_frac in 0.0f64..1.0,
+    ) {
+        let mut data = SEGMENT_MAGIC.to_vec();
+        let mut ends = vec![data.len()];
+        for (i, b) in bodies.iter().enumerate() {
+            encode_record(&mut data, i as u32, b.as_bytes());
+            ends.push(data.len());
+        }
+        let cut = ((data.len() as f64) * cut_frac) as usize;
+        let scan = scan_segment(&data[..cut]);
+        let whole = ends.iter().filter(|&&e| e <= cut).count().saturating_sub(1);
+        if cut >= SEGMENT_MAGIC.len() {
+            prop_assert_eq!(scan.records.len(), whole);
+            prop_assert_eq!(scan.valid_len as usize, ends[whole]);
+        } else {
+            prop_assert!(scan.records.is_empty());
+        }
+        crate::fuzzing::spool_segment(&data[..cut]);
+    }
+}

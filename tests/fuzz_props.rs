@@ -1,0 +1,61 @@
+//! The fuzz targets of `fuzz/` as property tests: the same bodies (`gridwatch::fuzzing`)
+//! on random bytes, so they run in the normal test suite without a nightly toolchain.
+//! `PROPTEST_CASES` raises the number of cases (scripts/fuzz-smoke.sh does).
+#![allow(clippy::unwrap_used)]
+
+#[path = "props/lineproto_check.rs"]
+mod lineproto_check;
+
+use proptest::prelude::*;
+
+proptest! {
+    #[test]
+    fn lineproto_round_trips(data in prop::collection::vec(any::<u8>(), 0..200)) {
+        lineproto_check::check(&data);
+    }
+
+    #[test]
+    fn lineproto_round_trips_text(text in "\\PC{0,12}(\u{ff}[\\PC\\\\ ,=\"#\n\t]{0,8}){0,8}") {
+        lineproto_check::check(&text.replace('\u{ff}', "\u{0}").into_bytes().iter().map(|&b| if b == 0 { 0xFF } else { b }).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn spool_segment_reader(data in prop::collection::vec(any::<u8>(), 0..300)) {
+        gridwatch::fuzzing::spool_segment(&data);
+    }
+
+    #[test]
+    fn modbus_response_decoder(data in prop::collection::vec(any::<u8>(), 0..300)) {
+        gridwatch::fuzzing::modbus_response(&data);
+    }
+
+    #[test]
+    fn modbus_response_decoder_near_valid(
+        sel in any::<[u8; 2]>(),
+        tid in 0u16..4,
+        len in 0u16..300,
+        unit in 0u8..3,
+        fc in 0u8..6,
+        tail in prop::collection::vec(any::<u8>(), 0..260),
+    ) {
+        // An MBAP header that is nearly right, so the PDU decoder is reached.
+        let mut data = sel.to_vec();
+        data.extend_from_slice(&tid.to_be_bytes());
+        data.extend_from_slice(&[0, 0]);
+        data.extend_from_slice(&len.to_be_bytes());
+        data.push(unit);
+        data.push(fc);
+        data.extend_from_slice(&tail);
+        gridwatch::fuzzing::modbus_response(&data);
+    }
+
+    #[test]
+    fn config_loader(text in "(\\[[a-z.]{1,20}\\]\n|[a-z_]{1,12} = (\"[^\"\n]{0,12}\"|[0-9]{1,6}|true|\\[\\])\n|\\[\\[devices\\]\\]\n){0,12}") {
+        gridwatch::fuzzing::config_text(text.as_bytes());
+    }
+
+    #[test]
+    fn config_loader_bytes(data in prop::collection::vec(any::<u8>(), 0..200)) {
+        gridwatch::fuzzing::config_text(&data);
+    }
+}
