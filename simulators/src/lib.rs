@@ -3,10 +3,12 @@
 //! A [`model::Fleet`] computes what each unit measures as a function of time (daily load
 //! curve, oil thermal lag, energy counters, injected faults); [`modbus`] serves those values
 //! over Modbus TCP through the register maps in [`profile`]; [`scenario`] applies timed
-//! faults. This crate must not depend on the `gridwatch` daemon: its register encoder is an
+//! faults; [`load`] is the load harness for benchmarks (many gateways × unit ids, one cheap
+//! register map). This crate must not depend on the `gridwatch` daemon: its register encoder is an
 //! independent implementation of the profile contract, so end-to-end tests comparing the
 //! two catch bugs that a shared codec would hide.
 
+pub mod load;
 pub mod modbus;
 pub mod model;
 pub mod profile;
