@@ -24,6 +24,7 @@
 #   BENCH_BARE_DURATION=30  measured seconds of bare-poller per scenario
 #   BENCH_INTERVAL=1s   poll interval                    BENCH_SKIP_BUILD=1  reuse target/release
 #   BENCH_SKIP_CRITERION=1  skip the micro-benchmarks   BENCH_KEEP=1  keep the work dir
+#   BENCH_GRIDWATCH=PATH  measure another gridwatch binary (before/after comparisons)
 # Default run: about 6 minutes after the build on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,8 @@ WARMUP=${BENCH_WARMUP:-8}
 BARE_DURATION=${BENCH_BARE_DURATION:-30}
 INTERVAL=${BENCH_INTERVAL:-1s}
 BIN=$REPO/target/release
+# The daemon binary measured (BENCH_GRIDWATCH=path compares another build, e.g. a baseline).
+GRIDWATCH=${BENCH_GRIDWATCH:-$BIN/gridwatch}
 CLK_TCK=$(getconf CLK_TCK)
 
 log() { echo "bench: $*" >&2; }
@@ -55,7 +58,8 @@ trap cleanup EXIT
 # ------------------------------------------------------------------ build
 if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then
     log "building release binaries"
-    cargo build --release --workspace --bins >&2
+    # --benches too: the same dependency features as `cargo bench`, so one build serves both.
+    cargo build --release --workspace --bins --benches >&2
 fi
 for b in gridwatch gridwatch-sim bare-poller; do
     [[ -x "$BIN/$b" ]] || { log "missing $BIN/$b"; exit 1; }
@@ -124,7 +128,7 @@ bucket = "bench"
 
 EOF
     cat "$dir/devices.toml" >>"$dir/gridwatch.toml"
-    RUST_LOG=${BENCH_RUST_LOG:-warn} "$BIN/gridwatch" run --config "$dir/gridwatch.toml" >"$dir/daemon.log" 2>&1 &
+    RUST_LOG=${BENCH_RUST_LOG:-warn} "$GRIDWATCH" run --config "$dir/gridwatch.toml" >"$dir/daemon.log" 2>&1 &
     gw=$!
     PIDS+=("$gw")
     wait_http "http://127.0.0.1:$port/metrics"

@@ -54,10 +54,17 @@ impl Drop for Harness {
 }
 
 fn metrics(base: &str) -> BTreeMap<String, f64> {
-    let text = http().get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    let text = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((key, value)) = line.rsplit_once(' ') else { continue };
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         // Sum over label sets we do not ask for: `name{result="ok",...}` keeps its result.
         let name = key.split('{').next().unwrap_or(key);
         let result = key
@@ -98,7 +105,11 @@ fn load_harness_devices_are_all_polled_completely() {
     // Three polls per device at least; the wait is generous, nothing here is a speed check.
     let m = wait_for("18 successful polls", Duration::from_secs(30), || {
         let m = metrics(&base);
-        (m.get("gridwatch_modbus_polls_total:ok").copied().unwrap_or(0.0) >= 18.0).then_some(m)
+        (m.get("gridwatch_modbus_polls_total:ok")
+            .copied()
+            .unwrap_or(0.0)
+            >= 18.0)
+            .then_some(m)
     });
     for bad in [
         "gridwatch_modbus_polls_total:partial",
@@ -136,5 +147,8 @@ fn load_harness_devices_are_all_polled_completely() {
         expected,
         "{lines_per_device:?}"
     );
-    assert!(lines_per_device.values().all(|&n| n >= 3), "{lines_per_device:?}");
+    assert!(
+        lines_per_device.values().all(|&n| n >= 3),
+        "{lines_per_device:?}"
+    );
 }

@@ -23,7 +23,10 @@ use tokio::time::Instant;
 use tokio_modbus::prelude::*;
 
 #[derive(Debug, Parser)]
-#[command(name = "bare-poller", about = "Bare tokio-modbus poll loop (benchmark baseline)")]
+#[command(
+    name = "bare-poller",
+    about = "Bare tokio-modbus poll loop (benchmark baseline)"
+)]
 struct Args {
     /// File with one gateway address per line (`gridwatch-sim load --addrs-file`).
     #[arg(long)]
@@ -162,7 +165,11 @@ async fn main() -> anyhow::Result<()> {
     let addrs: Vec<SocketAddr> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| l.trim().parse().with_context(|| format!("bad address {l:?}")))
+        .map(|l| {
+            l.trim()
+                .parse()
+                .with_context(|| format!("bad address {l:?}"))
+        })
         .collect::<anyhow::Result<_>>()?;
     let counts = Arc::new(Counts {
         hist: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
@@ -179,7 +186,11 @@ async fn main() -> anyhow::Result<()> {
     let cpu0 = cpu_seconds();
     let ok0 = counts.ok.load(Ordering::Relaxed);
     let failed0 = counts.failed.load(Ordering::Relaxed);
-    let hist0: Vec<u64> = counts.hist.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+    let hist0: Vec<u64> = counts
+        .hist
+        .iter()
+        .map(|b| b.load(Ordering::Relaxed))
+        .collect();
     let t0 = Instant::now();
     tokio::time::sleep_until(stop).await;
     let elapsed = t0.elapsed().as_secs_f64();
