@@ -25,9 +25,11 @@ impl History {
     /// Stores `reading` if it is newer than what is known for its device.
     pub fn record(&self, reading: Arc<Reading>) {
         let mut map = self.latest.write().unwrap_or_else(|e| e.into_inner());
-        match map.get(&reading.device.id) {
+        // Replace in place: cloning the id for `insert` would allocate on every reading.
+        match map.get_mut(&reading.device.id) {
             Some(old) if old.ts > reading.ts => {}
-            _ => {
+            Some(old) => *old = reading,
+            None => {
                 map.insert(reading.device.id.clone(), reading);
             }
         }

@@ -167,14 +167,22 @@ impl StatusBoard {
         f: impl FnOnce(&mut DeviceState) -> DeviceStatus,
     ) -> Option<StatusChange> {
         let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
-        let state = map.entry(device.to_string()).or_insert(DeviceState {
-            status: DeviceStatus::Unknown,
-            last_seen: None,
-            consecutive_failures: 0,
-            last_error: None,
-            since: at,
-            link: None,
-        });
+        // Called after every poll: look up by `&str` first, so the usual case (a known
+        // device) allocates nothing; only a device first seen here gets an owned key.
+        if !map.contains_key(device) {
+            map.insert(
+                device.to_string(),
+                DeviceState {
+                    status: DeviceStatus::Unknown,
+                    last_seen: None,
+                    consecutive_failures: 0,
+                    last_error: None,
+                    since: at,
+                    link: None,
+                },
+            );
+        }
+        let state = map.get_mut(device)?;
         let to = f(state);
         if to == state.status {
             return None;

@@ -4,11 +4,13 @@
 //! curve, oil thermal lag, energy counters, injected faults); [`modbus`] serves those values
 //! over Modbus TCP through the register maps in [`profile`], and [`rtu`] over Modbus RTU (a
 //! serial line, or RTU frames over TCP); [`scenario`] applies timed faults; [`mqtt`]
-//! publishes smart-meter telemetry as JSON to an MQTT broker. This crate must not depend on
-//! the `gridwatch` daemon: its register encoder is an
+//! publishes smart-meter telemetry as JSON to an MQTT broker; [`load`] is the load harness for
+//! benchmarks (many gateways × unit ids, one cheap register map). This crate must not depend
+//! on the `gridwatch` daemon: its register encoder is an
 //! independent implementation of the profile contract, so end-to-end tests comparing the
 //! two catch bugs that a shared codec would hide.
 
+pub mod load;
 pub mod modbus;
 pub mod model;
 pub mod mqtt;

@@ -7,6 +7,9 @@
 //! `gridwatch-sim rtu --port /dev/pts/N --baud 9600 ...` serves the same fleet as RTU units
 //! on a serial line (e.g. one end of `socat -d -d pty,raw,echo=0 pty,raw,echo=0`), and
 //! `gridwatch-sim rtu-over-tcp --listen 127.0.0.1:5021 ...` as raw RTU frames over TCP.
+//! `gridwatch-sim load --gateways 100 --units 100 --daemon-config gw.toml` is the load harness
+//! of `scripts/bench.sh`: 10,000 devices on 100 ports, and the matching gridwatch endpoints
+//! and devices written to `gw.toml`.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -38,6 +41,8 @@ enum Command {
     RtuOverTcp(RtuOverTcpArgs),
     /// Publish smart-meter telemetry (JSON) to an MQTT broker.
     Mqtt(MqttArgs),
+    /// Load harness: G gateways (ports) × U unit ids serving one register map cheaply.
+    Load(LoadArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +112,37 @@ async fn run_mqtt(args: MqttArgs) -> anyhow::Result<()> {
     let total = sim.shutdown(std::time::Duration::from_secs(5)).await;
     println!("published {total} messages");
     Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// IP address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: std::net::IpAddr,
+    /// Number of gateways, one TCP port each.
+    #[arg(long, default_value_t = 100)]
+    gateways: u16,
+    /// Unit ids behind each gateway (1..=247).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..=247))]
+    units: u8,
+    /// First port (gateway g on base+g); 0 = any free ports.
+    #[arg(long, default_value_t = 0)]
+    base_port: u16,
+    /// Register map file; default: the built-in bench-50 map.
+    #[arg(long)]
+    profile_file: Option<PathBuf>,
+    /// Write the matching gridwatch `[[modbus.endpoints]]` and `[[devices]]` here.
+    #[arg(long)]
+    daemon_config: Option<PathBuf>,
+    /// Write the gateway addresses here, one per line (for bare-poller).
+    #[arg(long)]
+    addrs_file: Option<PathBuf>,
+    /// Poll interval written into the daemon config.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: std::time::Duration,
+    /// Request timeout written into the daemon config.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,7 +253,57 @@ async fn main() -> anyhow::Result<()> {
         Command::Rtu(args) => run_rtu(args).await,
         Command::RtuOverTcp(args) => run_rtu_over_tcp(args).await,
         Command::Mqtt(args) => run_mqtt(args).await,
+        Command::Load(args) => run_load(args).await,
     }
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    use gridwatch_sim::load;
+    let (name, text) = match &args.profile_file {
+        Some(path) => (
+            path.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("profile")
+                .to_owned(),
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading profile {}", path.display()))?,
+        ),
+        None => ("bench-50".to_owned(), load::BENCH_50.to_owned()),
+    };
+    let profile = gridwatch_sim::Profile::parse(&name, &text)?;
+    let handle = load::start_load(load::LoadConfig {
+        ip: args.ip,
+        gateways: args.gateways,
+        units: args.units,
+        base_port: args.base_port,
+        profile,
+    })
+    .await?;
+    if let Some(path) = &args.daemon_config {
+        let text = load::daemon_config(&load::DaemonLayout {
+            addrs: handle.addrs(),
+            units: args.units,
+            profile: &name,
+            interval: args.interval,
+            timeout: args.timeout,
+        });
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.addrs_file {
+        let text: String = handle.addrs().iter().map(|a| format!("{a}\n")).collect();
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "gridwatch-sim load listening: {} gateways x {} units = {} devices",
+        args.gateways,
+        args.units,
+        usize::from(args.gateways) * usize::from(args.units)
+    );
+    shutdown_signal().await?;
+    let requests = handle.requests();
+    handle.shutdown().await;
+    println!("{{\"requests\":{requests}}}");
+    Ok(())
 }
 
 async fn run_modbus(args: ModbusArgs) -> anyhow::Result<()> {

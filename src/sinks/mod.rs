@@ -299,8 +299,13 @@ async fn recv_lines(lines: &mut Option<mpsc::UnboundedReceiver<String>>) -> Opti
 }
 
 async fn seal(body: &mut String, points: &mut usize, queue: &Buffer, encoded: &Counter) {
-    let capacity = body.capacity();
-    let text = std::mem::replace(body, String::with_capacity(capacity));
+    // The next batch will be about as long as this one: room for it plus 1/8, so it rarely
+    // regrows (each doubling copies the whole batch). The sealed batch gives back its spare
+    // capacity: batches can wait in the queue for a long time while the store is slow or
+    // down, and doubling slack (up to half of each) would count against the daemon's memory.
+    let next = body.len() + body.len() / 8;
+    let mut text = std::mem::replace(body, String::with_capacity(next));
+    text.shrink_to_fit();
     encoded.add(*points as u64);
     queue
         .push(Batch {

@@ -423,3 +423,37 @@ fn tags_sort_as_written() {
     // "\\" is written "_", which sorts after "\\z".
     assert_eq!(series_key("", &[("\\", "\\"), ("\\z", "x")]), "_,\\z=x,_=_");
 }
+
+#[test]
+fn integer_fast_path_prints_what_ryu_prints() {
+    let mut cases = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        3012.0,
+        65535.0,
+        -32768.0,
+        1e15 - 1.0,
+        1e15,
+    ];
+    cases.extend([
+        1e15 + 2.0,
+        1e16,
+        -1e16,
+        9_007_199_254_740_992.0,
+        0.5,
+        230.1,
+        -1e-7,
+    ]);
+    let mut k: f64 = 1.0;
+    while k < 1e17 {
+        cases.extend([k, -k, k + 1.0, k - 1.0, (k * 7.0).floor()]);
+        k *= 3.0;
+    }
+    for v in cases {
+        let mut out = String::new();
+        super::push_f64(&mut out, v);
+        assert_eq!(out, ryu::Buffer::new().format_finite(v), "{v:e}");
+    }
+}
