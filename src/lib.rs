@@ -94,7 +94,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         .map(|d| (d.id.clone(), Arc::clone(d)))
         .collect();
     let status = status::StatusBoard::new(&device_list, model::now_ns());
-    let history = history::History::new();
+    let history = history::History::with_config(cfg.history.clone());
 
     let mut pipeline = Pipeline::new(cfg.daemon.channel_capacity, Arc::clone(&metrics));
     let sink_rx = pipeline.consumer("telemetry", Delivery::Lossless);

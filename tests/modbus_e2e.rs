@@ -9,96 +9,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use common::sim::{Sim, fleet_config};
 use common::*;
-use gridwatch_sim::{ModbusSimConfig, ModbusSimHandle, Profile, Served};
-
-/// A running simulator with its own tokio runtime (the test body is blocking code).
-struct Sim {
-    rt: tokio::runtime::Runtime,
-    handle: Option<ModbusSimHandle>,
-}
-
-impl Sim {
-    fn start(transformers: u16, meters: u16) -> Sim {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let handle = rt
-            .block_on(gridwatch_sim::start_modbus(ModbusSimConfig {
-                transformers,
-                meters,
-                meter_profile: "mixed".into(),
-                record: true,
-                ..ModbusSimConfig::default()
-            }))
-            .unwrap();
-        Sim {
-            rt,
-            handle: Some(handle),
-        }
-    }
-
-    fn h(&self) -> &ModbusSimHandle {
-        self.handle.as_ref().unwrap()
-    }
-
-    /// Makes every unit stop answering, so `served()` no longer grows.
-    fn silence(&self) {
-        for u in self.h().units() {
-            self.h().set_fault(u.unit, gridwatch_sim::Fault::Dead);
-        }
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            self.rt.block_on(h.shutdown());
-        }
-    }
-}
-
-/// Config for the daemon: every simulator unit as a device named `{tag}-{device_id}`.
-fn fleet_config(sim: &Sim, tag: &str, interval: &str, storage: &str, data_dir: &str) -> String {
-    let mut s = format!(
-        r#"
-[daemon]
-data_dir = "{data_dir}"
-http_listen = "127.0.0.1:{port}"
-
-{storage}
-
-[[modbus.endpoints]]
-name = "sim"
-address = "{addr}"
-timeout = "300ms"
-"#,
-        port = free_port(),
-        addr = sim.h().local_addr()
-    );
-    for u in sim.h().units() {
-        s.push_str(&format!(
-            r#"
-[[devices]]
-id = "{tag}-{id}"
-kind = "{kind}"
-site = "Substation 7"
-feeder = "F07, north"
-endpoint = "sim"
-unit_id = {unit}
-profile = "{profile}"
-interval = "{interval}"
-"#,
-            id = u.device_id,
-            kind = u.kind.as_str(),
-            unit = u.unit,
-            profile = u.profile,
-        ));
-    }
-    s
-}
+use gridwatch_sim::{Profile, Served};
 
 /// What the simulator served, per (device, field), in order: (value, raw integer if any).
 type Expected = BTreeMap<(String, String), Vec<(f64, Option<i64>)>>;

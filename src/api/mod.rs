@@ -1,4 +1,7 @@
-//! The HTTP API: health, devices with their status and latest values, metrics.
+//! The HTTP API: health, devices with their status and latest values, metrics, and the
+//! control-room web page.
+
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +38,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", get(get_device))
+        .route("/api/v1/devices/{id}/history", get(device_history))
+        .merge(web::routes())
         .with_state(state)
 }
 
@@ -131,4 +136,15 @@ async fn get_device(State(s): State<AppState>, Path(id): Path<String>) -> Respon
         )
             .into_response(),
     }
+}
+
+async fn device_history(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    if !s.devices.iter().any(|d| d.id == id) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("unknown device {id:?}") })),
+        )
+            .into_response();
+    }
+    Json(s.history.window(&id)).into_response()
 }

@@ -116,6 +116,8 @@ pub fn load_str(
     let mut take = |key: &str| root.remove(key);
     let daemon: DaemonConfig = section(take("daemon"), "daemon", origin, &mut issues);
     let storage: StorageConfig = section(take("storage"), "storage", origin, &mut issues);
+    let history: crate::history::HistoryConfig =
+        section(take("history"), "history", origin, &mut issues);
     let mut broken = Broken::default();
     let modbus_value = take("modbus");
     broken.endpoints = raw_names(
@@ -170,6 +172,7 @@ pub fn load_str(
         storage,
         modbus,
         devices,
+        history,
     };
     // Names whose element failed to parse: references to them are not "unknown" as well.
     for ep in &config.modbus.endpoints {

@@ -17,6 +17,8 @@ pub struct Config {
     pub modbus: ModbusConfig,
     /// `[[devices]]`: every monitored device.
     pub devices: Vec<DeviceConfig>,
+    /// `[history]`: the in-memory chart window of the API and web page.
+    pub history: crate::history::HistoryConfig,
 }
 
 /// `[daemon]`
