@@ -18,7 +18,7 @@ fn screenshot_dir() -> PathBuf {
 
 struct Setup {
     sim: Sim,
-    daemon: Daemon,
+    _daemon: Daemon,
     base: String,
     tag: String,
     _data: tempfile::TempDir,
@@ -44,7 +44,7 @@ fn start(extra: &str) -> Setup {
     daemon.wait_for_log("gridwatch running", Duration::from_secs(20));
     Setup {
         sim,
-        daemon,
+        _daemon: daemon,
         base: format!("http://127.0.0.1:{port}"),
         tag,
         _data: data,
