@@ -201,6 +201,11 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Who the caller is: name and role (the web page shows only the buttons the role may use).
+pub async fn whoami(Extension(p): Extension<Principal>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "name": p.name, "role": p.role.as_str() }))
+}
+
 // ------------------------------------------------------------------ alarms
 
 /// Query of `GET /api/v1/alarms`.

@@ -1,5 +1,7 @@
 //! The HTTP API: health, devices with their status and latest values, metrics, alarms,
-//! events, maintenance, work orders, users, the live stream and the OpenAPI document.
+//! events, maintenance, work orders, users, the live stream, the OpenAPI document and the
+//! control-room web page ([`web`], static files outside the route table: the page holds no
+//! data, everything it shows comes through the authenticated API).
 //!
 //! Every route is one row of [`routes::table`]: method, path, least role, documentation and
 //! handler. [`router`] builds the axum router from the table and the OpenAPI document is
@@ -14,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod routes;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,7 +68,7 @@ pub fn router(state: AppState) -> Router {
             axum::middleware::from_fn_with_state((state.clone(), row.spec.access), auth::require);
         router = router.route(row.spec.path, row.handler.route_layer(layer));
     }
-    router.with_state(state)
+    router.merge(web::routes()).with_state(state)
 }
 
 /// Liveness: the process answers (200), with the state of each connected source.
@@ -200,4 +203,16 @@ pub async fn get_device(State(s): State<AppState>, Path(id): Path<String>) -> Re
         )
             .into_response(),
     }
+}
+
+/// The chart window of one device.
+pub async fn device_history(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    if s.devices.get(&id).is_none() {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("unknown device {id:?}") })),
+        )
+            .into_response();
+    }
+    Json(s.history.window(&id)).into_response()
 }

@@ -177,6 +177,28 @@ pub fn table() -> Vec<RouteRow> {
         row(
             spec(
                 "GET",
+                "/api/v1/whoami",
+                R(Viewer),
+                "The caller's name and role",
+                &[],
+                None,
+            ),
+            get(h::whoami),
+        ),
+        row(
+            spec(
+                "GET",
+                "/api/v1/devices/{id}/history",
+                R(Viewer),
+                "The last hour of a device's key quantities, downsampled, for charts",
+                &[DEV_ID],
+                None,
+            ),
+            get(super::device_history),
+        ),
+        row(
+            spec(
+                "GET",
                 "/api/v1/alarms",
                 R(Viewer),
                 "Open alarms (active=true, default) or history",

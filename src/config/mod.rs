@@ -121,6 +121,8 @@ pub fn load_str(
     let storage: StorageConfig = section(take("storage"), "storage", origin, &mut issues);
     let api: ApiConfig = section(take("api"), "api", origin, &mut issues);
     let eventlog: EventLogConfig = section(take("eventlog"), "eventlog", origin, &mut issues);
+    let history: crate::history::HistoryConfig =
+        section(take("history"), "history", origin, &mut issues);
     let mut broken = Broken::default();
     let modbus_value = take("modbus");
     broken.endpoints = raw_names(
@@ -187,6 +189,7 @@ pub fn load_str(
         crews,
         api,
         eventlog,
+        history,
     };
     // Names whose element failed to parse: references to them are not "unknown" as well.
     for ep in &config.modbus.endpoints {

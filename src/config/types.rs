@@ -31,6 +31,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[eventlog]`: event log retention.
     pub eventlog: EventLogConfig,
+    /// `[history]`: the in-memory chart window of the API and web page.
+    pub history: crate::history::HistoryConfig,
 }
 
 /// `[daemon]`

@@ -34,6 +34,19 @@ pub(super) fn validate(
         ));
     }
 
+    if config.history.resolution.is_zero() {
+        errors.push(at(
+            "history.resolution".into(),
+            "must be longer than zero".into(),
+        ));
+    }
+    if config.history.window < config.history.resolution {
+        errors.push(at(
+            "history.window".into(),
+            "must be at least one resolution long".into(),
+        ));
+    }
+
     if let Some(influx) = &config.storage.influx {
         if let Err(e) = reqwest::Url::parse(&influx.url) {
             errors.push(at(

@@ -9,6 +9,9 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
+pub mod sim;
+pub mod webdriver;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::TcpListener;
