@@ -311,6 +311,12 @@ fn dead_unit_goes_offline_and_back_while_the_others_keep_their_rate() {
         (device_status(&http, &dead_id) == "offline").then_some(())
     });
     let offline_after = fault_at.elapsed();
+    // The daemon's own metrics show the timeouts behind it.
+    let timeouts = metric(&http, "gridwatch_modbus_timeouts_total", "sim");
+    assert!(
+        timeouts >= 2.0,
+        "gridwatch_modbus_timeouts_total {timeouts}"
+    );
     // Keep it dead a while longer to measure the others' rate.
     let window = Duration::from_secs(6);
     std::thread::sleep(window.saturating_sub(offline_after));

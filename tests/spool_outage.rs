@@ -280,7 +280,7 @@ fn outage_secs() -> u64 {
     std::env::var("GRIDWATCH_TEST_OUTAGE_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
+        .unwrap_or(60)
 }
 
 #[test]

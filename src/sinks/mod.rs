@@ -356,7 +356,8 @@ pub async fn run_writer(
         "Points the store refused with a 4xx, written to the dead-letter file.",
         &labels,
     );
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    // A 10 s ceiling: after an outage replay starts within 10 s of the store coming back.
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let front = tokio::select! {
             f = queue.front() => f,
