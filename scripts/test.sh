@@ -153,7 +153,7 @@ gw_up || {
 }
 step "services ready in $((SECONDS - T_SVC))s"
 
-run cargo test --workspace -- "${TEST_ARGS[@]}"
+run cargo test --workspace --no-fail-fast -- "${TEST_ARGS[@]}"
 
 if [[ -f "$REPO/scripts/fuzz-smoke.sh" ]]; then
     run bash "$REPO/scripts/fuzz-smoke.sh"

@@ -395,9 +395,18 @@ async fn store_case(bad: u8, name: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ready.0, 200, "{name}: {}", ready.1);
-    let tasks_late = tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks();
+    // Short-lived tasks (HTTP connections, event-log writes, alarm timers) come and go; a
+    // leak does not go away. Give the transient ones a moment to finish, then compare.
+    let mut tasks_late = usize::MAX;
+    for _ in 0..50 {
+        tasks_late = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        if tasks_late <= tasks_mid + 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         tasks_late <= tasks_mid + 3,
         "{name}: tasks {tasks_mid} -> {tasks_late}"
