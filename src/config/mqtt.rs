@@ -167,8 +167,9 @@ pub struct FieldMapping {
     /// Engineering unit shown by the API.
     #[serde(default)]
     pub unit: Option<String>,
-    /// Event flag: when set, the value at `path` must be this string and the field is
-    /// written as `1.0` (absent otherwise), e.g. `event = "last_gasp"` → `last_gasp = 1`.
+    /// Event flag: when set, the value at `path` must be a string (or null) and the field is
+    /// written as `1.0` when it equals this and `0.0` otherwise, e.g. `event = "last_gasp"` →
+    /// `last_gasp = 1` on the last-gasp message and `0` on the others (so the alarm clears).
     #[serde(default)]
     pub equals: Option<String>,
 }

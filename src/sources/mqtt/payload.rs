@@ -251,14 +251,11 @@ impl Mapping {
                 continue;
             };
             let value = match (&f.equals, v) {
+                // An event flag is a per-message boolean: `null` or another event means "not
+                // now" (0), so a rule raised on the flag sees the condition end.
+                (Some(_), Value::Null) => 0.0,
                 (_, Value::Null) => continue,
-                (Some(want), Value::String(s)) => {
-                    if s == want {
-                        1.0
-                    } else {
-                        continue;
-                    }
-                }
+                (Some(want), Value::String(s)) => f64::from(u8::from(s == want)),
                 (Some(_), other) => {
                     return Err(Reject::WrongType {
                         path: f.path.clone(),
