@@ -68,11 +68,12 @@ fn five_hundred_meters_for_ten_seconds_all_land_in_the_store() {
     let series = vm_export_wait(
         &s.vm_url,
         &format!("{{db=\"{db}\"}}"),
-        records.iter().map(|r| r.values.len()).sum(),
+        records.iter().map(|r| r.values.len()).sum::<usize>() + 2 * records.len(),
         Duration::from_secs(60),
     );
     let mut stored: HashMap<(String, String), HashMap<i64, f64>> = HashMap::new();
     let mut points = 0;
+    let mut flag_points = 0;
     for sr in &series {
         let device = sr.labels.get("device").cloned().unwrap_or_default();
         let field = sr
@@ -80,6 +81,15 @@ fn five_hundred_meters_for_ten_seconds_all_land_in_the_store() {
             .strip_prefix("meter_")
             .unwrap_or(&sr.name)
             .to_string();
+        // Event flags are written on every message (0 unless that event happened).
+        if field == "last_gasp" || field == "power_restored" {
+            assert!(
+                sr.values.iter().all(|v| *v == 0.0),
+                "{sr:?}: no outage was injected"
+            );
+            flag_points += sr.values.len();
+            continue;
+        }
         let m = stored.entry((device, field)).or_default();
         for (ts, v) in sr.timestamps_ms.iter().zip(&sr.values) {
             assert!(m.insert(*ts, *v).is_none(), "{sr:?}: duplicate timestamp");
@@ -88,6 +98,11 @@ fn five_hundred_meters_for_ten_seconds_all_land_in_the_store() {
     }
     let expected: usize = records.iter().map(|r| r.values.len()).sum();
     assert_eq!(points, expected, "points in the store vs fields published");
+    assert_eq!(
+        flag_points,
+        2 * records.len(),
+        "two event flags per message"
+    );
     for r in &records {
         for (field, value) in &r.values {
             let got = stored
