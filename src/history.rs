@@ -24,8 +24,8 @@ pub struct HistoryConfig {
     /// Shortest spacing between two kept samples of one device.
     #[serde(default = "default_resolution", with = "humantime_serde")]
     pub resolution: Duration,
-    /// Fields kept in the window (`load_pct` is derived from voltages, currents and the
-    /// device's `rated_kva`).
+    /// Fields kept in the window (`load_pct` is derived as the overload rule derives it, from
+    /// the device's `rated_kva`).
     #[serde(default = "default_fields")]
     pub fields: Vec<String>,
 }
@@ -64,20 +64,6 @@ impl Default for HistoryConfig {
             fields: default_fields(),
         }
     }
-}
-
-/// Load in % of rating from per-phase voltage and current: S = Σ V·I (kVA) / rated kVA.
-pub fn load_pct(r: &Reading) -> Option<f64> {
-    let rated = r.device.rated_kva?;
-    let mut s_kva = 0.0;
-    for (v, i) in [
-        ("voltage_a", "current_a"),
-        ("voltage_b", "current_b"),
-        ("voltage_c", "current_c"),
-    ] {
-        s_kva += r.get(v)? * r.get(i)? / 1000.0;
-    }
-    Some(s_kva / rated * 100.0)
 }
 
 #[derive(Debug, Default)]
@@ -153,7 +139,8 @@ impl History {
             .iter()
             .map(|f| {
                 let v = if f == "load_pct" {
-                    load_pct(r)
+                    // The same load % the overload rule uses, so chart and alarm agree.
+                    crate::detect::derived::load_pct(r)
                 } else {
                     r.get(f)
                 };
@@ -201,6 +188,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::derived::load_pct;
     use crate::model::{DeviceInfo, FieldDef, Quality, Schema};
 
     fn reading(ts: Timestamp, v: f64, i: f64) -> Arc<Reading> {
