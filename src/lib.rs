@@ -25,6 +25,7 @@ pub mod replay;
 pub mod sinks;
 pub mod sources;
 pub mod status;
+pub mod topology;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

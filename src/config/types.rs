@@ -503,6 +503,9 @@ pub struct DeviceConfig {
     /// Customers supplied through this device.
     #[serde(default = "default_customers")]
     pub customers: u32,
+    /// Phase a single-phase meter is connected to (`a`, `b`, `c`); unset = three-phase.
+    #[serde(default)]
+    pub phase: Option<crate::topology::Phase>,
     /// Set false to keep a device in the config without polling it.
     #[serde(default = "default_enabled")]
     pub enabled: bool,

@@ -356,6 +356,7 @@ pub(super) fn validate(
         }
     }
     super::alarms::validate(config, origin, errors);
+    validate_topology(config, origin, errors, warnings);
     if config.devices.is_empty() {
         warnings.push(at("devices".into(), "no devices configured".into()));
     }
@@ -601,5 +602,36 @@ fn validate_api(
             "eventlog.purge_interval".into(),
             "must be longer than zero".into(),
         ));
+    }
+}
+
+/// Parent cycles are errors; meters without a transformer above them are warnings.
+fn validate_topology(
+    config: &Config,
+    origin: &str,
+    errors: &mut Vec<ConfigIssue>,
+    warnings: &mut Vec<ConfigIssue>,
+) {
+    let topology = crate::topology::Topology::from_devices(&config.devices);
+    let index_of: HashMap<&str, usize> = config
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.as_str(), i))
+        .collect();
+    for p in topology.problems(&index_of) {
+        let issue = ConfigIssue {
+            file: origin.to_string(),
+            key: match p.index {
+                Some(i) => format!("devices[{i}].{}", p.key),
+                None => "devices".into(),
+            },
+            message: p.message,
+        };
+        if p.fatal {
+            errors.push(issue);
+        } else {
+            warnings.push(issue);
+        }
     }
 }
