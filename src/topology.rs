@@ -134,10 +134,10 @@ impl Topology {
             kids.sort();
             node.children = kids;
         }
-        if let Some(p) = node.parent.as_ref().and_then(|p| self.nodes.get_mut(p)) {
-            if let Err(i) = p.children.binary_search(&node.id) {
-                p.children.insert(i, node.id.clone());
-            }
+        if let Some(p) = node.parent.as_ref().and_then(|p| self.nodes.get_mut(p))
+            && let Err(i) = p.children.binary_search(&node.id)
+        {
+            p.children.insert(i, node.id.clone());
         }
         self.nodes.insert(node.id.clone(), node);
     }
