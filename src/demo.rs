@@ -65,7 +65,8 @@ const DEMO_MQTT_FAULTS: &[(&str, &str, u64, u64)] = &[
     ("MQ-0005", "outage", 60, 60),
     ("MQ-0012", "neutral_loss", 120, 60),
     ("MQ-0023", "energy_backwards", 180, 60),
-    ("MQ-0031", "clock_skew:900", 200, 40),
+    ("MQ-0031", "clock_skew:1200", 200, 40),
+    ("MQ-0040", "stuck", 20, 240),
 ];
 
 /// Starts `rumqttd` on a free loopback port in its own thread (its `start()` blocks and

@@ -46,13 +46,17 @@ timestamp = {{ path = "ts", format = "rfc3339" }}
 {METER_FIELDS}
 
 # Overrides of the built-in library, only where a default would make the test slow.
-# (stuck_reading keeps its default of 180 reads: with 20 reads the simulator's healthy
-# meters, whose voltage at 0.1 V resolution holds still for 10 s, raised it too, so the
-# `stuck` fault is not injected here.)
 # energy_decreasing stays active 15 min after the register stops going backwards; 3 s here.
 [[rules]]
 id = "energy_decreasing"
 delay_off = "3s"
+
+# stuck_reading: 180 identical reads by default (3 min at 1 s); 16 reads = 8 s here. The
+# healthy meters' voltage moves at 0.1 V resolution from one read to the next, as a real
+# meter's does, so only the frozen one raises it.
+[[rules]]
+id = "stuck_reading"
+levels = [{{ severity = "warning", raise = 16.0, clear = 2.0 }}]
 "#
     );
     for id in meters {
@@ -93,7 +97,7 @@ fn injected_mqtt_meter_faults_raise_exactly_the_expected_alarms_and_clear() {
     let sim_cfg = MqttSimConfig {
         broker: s.mqtt.clone(),
         client_id: unique("sim"),
-        meters: 8,
+        meters: 9,
         interval: Duration::from_millis(INTERVAL_MS),
         topic_prefix: prefix.clone(),
         id_prefix: format!("{prefix}-"),
@@ -143,8 +147,9 @@ fn injected_mqtt_meter_faults_raise_exactly_the_expected_alarms_and_clear() {
         (3, MeterFault::Sag),
         (4, MeterFault::Swell),
         (5, MeterFault::EnergyBackwards),
-        (6, MeterFault::ClockSkew(900)),
+        (6, MeterFault::ClockSkew(1200)),
         (7, MeterFault::NeutralLoss),
+        (9, MeterFault::Stuck),
     ];
     let k = |n: usize, r: &str, s: &str| (m(n), r.to_string(), s.to_string());
     // Severities from src/detect/library.toml with the default standard (GB/T 12325:
@@ -163,14 +168,15 @@ fn injected_mqtt_meter_faults_raise_exactly_the_expected_alarms_and_clear() {
         (k(4, "voltage_high", "warning"), 15),
         // energy_decreasing: warning, delay 0.
         (k(5, "energy_decreasing", "warning"), 3),
-        // Clock 900 s ahead: beyond [mqtt] max_future_skew (600 s) every message is
-        // rejected as future_timestamp, so the meter goes silent for the detector →
-        // comm_loss. clock_drift cannot fire: the payload's only time is `ts` (no
-        // meter_time / clock_offset field).
-        (k(6, "comm_loss", "warning"), 6),
+        // The meter's clock 20 min ahead of the reading time (`clock` vs `ts`): beyond
+        // the 900 s critical level of clock_drift, delay 0. The readings themselves are
+        // stamped by the head-end, so they keep flowing (no comm_loss).
+        (k(6, "clock_drift", "critical"), 3),
         // neutral_loss: critical, delay_on 5 s; it suppresses voltage_high/low and
         // voltage_unbalance on the same meter.
         (k(7, "neutral_loss", "critical"), 10),
+        // Frozen values: 16 identical reads at 0.5 s, delay 0.
+        (k(9, "stuck_reading", "warning"), 12),
     ]
     .into_iter()
     .map(|(k, s)| (k, Duration::from_secs(s)))

@@ -427,7 +427,10 @@ impl UnitModel {
         let common = 0.004 * noise(unit_key ^ 21, t, 600.0);
         let mut v = [0.0; 3];
         for (p, vp) in v.iter_mut().enumerate() {
-            let own = 0.002 * noise(unit_key ^ (30 + p as u64), t, 300.0);
+            // Slow wander plus fast measurement-level jitter (±0.1 %, ~0.2 V): a real meter's
+            // reading moves between consecutive seconds, so a frozen value stands out.
+            let own = 0.002 * noise(unit_key ^ (30 + p as u64), t, 300.0)
+                + 0.001 * noise(unit_key ^ (33 + p as u64), t, 1.3);
             *vp = match net_fault {
                 Some(Fault::UnderVoltage) => vn * 0.85 * (1.0 + own),
                 Some(Fault::OverVoltage) => vn * 1.11 * (1.0 + own),

@@ -11,6 +11,7 @@
 //!  "i":{"a":12.345,"b":11.2,"c":13.001},     // phase currents, A
 //!  "p_kw":8.123, "pf":0.951, "f":50.012,     // active power kW, power factor, Hz
 //!  "e_imp_kwh":12345.678,                     // import energy register, kWh (only grows)
+//!  "clock":1795420800,                        // the meter's own clock, Unix seconds
 //!  "event":null}                              // or "last_gasp" / "power_restored"
 //! ```
 //!
@@ -212,7 +213,10 @@ impl Meter {
             Some(MeterFault::ClockSkew(s)) => s,
             _ => 0,
         };
-        let ts_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX) + skew * 1000;
+        // `ts` is the head-end's time of the reading; `clock` is the meter's own real-time
+        // clock (whole seconds, as DLMS clocks report), which is what a skew fault moves.
+        let ts_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+        let clock = i64::try_from(now.as_secs()).unwrap_or(i64::MAX) + skew;
         let ts_time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ts_ms).unwrap_or(0));
         let ts = humantime::format_rfc3339_millis(ts_time).to_string();
         let ts_ns = ts_ms.saturating_mul(1_000_000);
@@ -280,6 +284,7 @@ impl Meter {
             "pf": pf,
             "f": f,
             "e_imp_kwh": e,
+            "clock": clock,
             "event": event,
         })
         .to_string();
@@ -294,6 +299,7 @@ impl Meter {
             ("power_factor", pf),
             ("frequency", f),
             ("energy_import", e),
+            ("meter_time", clock as f64),
         ];
         if event.is_some() {
             values.push(("power_restored", 1.0));
@@ -723,15 +729,24 @@ mod tests {
         let v = values(&at(&mut m, 3));
         assert!(v["voltage_a"] > 280.0 && v["voltage_b"] < 180.0, "{v:?}");
         m.fault = Some(MeterFault::Stuck);
+        let measured = |r: &Record| {
+            let mut v = values(r);
+            v.remove("meter_time");
+            format!(
+                "{:?}",
+                v.into_iter().collect::<std::collections::BTreeMap<_, _>>()
+            )
+        };
         let a = at(&mut m, 4);
         let b = at(&mut m, 900);
-        assert_eq!(a.values, b.values);
+        assert_eq!(measured(&a), measured(&b));
         assert_ne!(a.ts_ns, b.ts_ns);
+        // The meter's clock still runs while its measurements are frozen.
+        assert_eq!(values(&b)["meter_time"] - values(&a)["meter_time"], 896.0);
         m.fault = Some(MeterFault::ClockSkew(900));
-        assert_eq!(
-            at(&mut m, 5).ts_ns,
-            (T0.as_secs() as i64 + 905) * 1_000_000_000
-        );
+        let r = at(&mut m, 5);
+        assert_eq!(r.ts_ns, (T0.as_secs() as i64 + 5) * 1_000_000_000);
+        assert_eq!(values(&r)["meter_time"], (T0.as_secs() + 905) as f64);
     }
 
     #[test]

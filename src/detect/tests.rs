@@ -256,6 +256,16 @@ fn rate_of_change_and_stuck_and_decreasing_counter() {
         s.contains(&("stuck_reading".to_string(), "warning", Change::Raise)),
         "{s:?}"
     );
+    // The first read that moves clears it (the library's delay_off is 0).
+    let moved = e.on_reading(&reading(
+        &m,
+        200 * 5,
+        &[("voltage_a", 231.6), ("energy_import", 1200.0)],
+    ));
+    assert_eq!(
+        summary(&moved),
+        [("stuck_reading".to_string(), "warning", Change::Clear)]
+    );
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub const METER_FIELDS: &str = r#"fields = [
   { path = "pf", name = "power_factor" },
   { path = "f", name = "frequency", unit = "Hz" },
   { path = "e_imp_kwh", name = "energy_import", unit = "kWh" },
+  { path = "clock", name = "meter_time", unit = "s" },
   { path = "event", name = "last_gasp", equals = "last_gasp" },
   { path = "event", name = "power_restored", equals = "power_restored" },
 ]"#;
