@@ -149,6 +149,7 @@ struct AlarmStage {
 
 fn build_alarms(
     loaded: &LoadedConfig,
+    eventlog: &Arc<eventlog::EventLog>,
     devices: &[Arc<DeviceInfo>],
     metrics: &Arc<metrics::Registry>,
     pipeline: &mut Pipeline,
@@ -160,7 +161,14 @@ fn build_alarms(
     } else {
         cfg.daemon.data_dir.join(&cfg.alarms.state_file)
     };
-    let store = Arc::new(alarms::store::FileStore::new(path));
+    let store = Arc::new(alarms::store::EventLogStore::new(Arc::clone(eventlog)));
+    let imported = store.import_file(&alarms::store::FileStore::new(path))?;
+    if imported > 0 {
+        tracing::info!(
+            imported,
+            "alarm state moved from the JSON state file into the event log"
+        );
+    }
     let manager =
         alarms::AlarmManager::new(alarms::AlarmSettings::from_config(&cfg.alarms), store)?;
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -217,6 +225,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     let alarm_stage = if cfg.alarms.enabled {
         Some(build_alarms(
             &loaded,
+            &eventlog,
             &device_list,
             &metrics,
             &mut pipeline,

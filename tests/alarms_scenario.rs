@@ -426,7 +426,12 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
         alarm_lines.iter().any(|l| l.contains("event=\"cleared\"")),
         "{alarm_lines:#?}"
     );
-    // The state file survives for the next start.
-    assert!(data.path().join("alarms.json").exists());
+    // The live state is in the event database, not in a side file.
+    assert!(!data.path().join("alarms.json").exists());
+    let db = rusqlite::Connection::open(data.path().join(gridwatch::eventlog::DB_FILE)).unwrap();
+    let saved: i64 = db
+        .query_row("SELECT count(*) FROM alarm_state", [], |r| r.get(0))
+        .unwrap();
+    assert!(saved > 0, "alarm state saved in the event database");
     rt.block_on(sim.shutdown());
 }

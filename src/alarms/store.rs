@@ -1,7 +1,10 @@
-//! Where alarm state survives a restart, behind a small trait so the SQLite event log
-//! (next issue) can take over from the JSON file.
+//! Where alarm state survives a restart: the SQLite event log in the daemon
+//! ([`EventLogStore`]), a JSON file for tools without a database, nothing in replays.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::eventlog::{EventLog, EventLogError};
 
 use super::Alarm;
 
@@ -24,6 +27,9 @@ pub enum StoreError {
         /// The parse error.
         source: serde_json::Error,
     },
+    /// The event database failed.
+    #[error("event database: {0}")]
+    Database(#[from] EventLogError),
 }
 
 /// Persistence of the current alarm set (not the history: that is the event log's job).
@@ -93,5 +99,65 @@ impl AlarmStore for FileStore {
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         Ok(())
+    }
+}
+
+/// The event log's `alarm_state` table: saved in the same durable database as the alarm
+/// history, so a restart finds both consistent.
+#[derive(Clone)]
+pub struct EventLogStore {
+    log: Arc<EventLog>,
+}
+
+impl EventLogStore {
+    /// A store in `log`'s database.
+    pub fn new(log: Arc<EventLog>) -> Self {
+        EventLogStore { log }
+    }
+
+    /// Moves the alarms of an older daemon's JSON state file into the database, once: only
+    /// when the table is still empty; the file is renamed to `*.imported` afterwards.
+    /// Returns how many alarms were imported.
+    pub fn import_file(&self, file: &FileStore) -> Result<usize, StoreError> {
+        if !file.path.exists() || !self.load()?.is_empty() {
+            return Ok(0);
+        }
+        let alarms = file.load()?;
+        self.save(&alarms)?;
+        let done = file.path.with_extension("json.imported");
+        std::fs::rename(&file.path, &done).map_err(|source| StoreError::Io {
+            path: file.path.display().to_string(),
+            source,
+        })?;
+        Ok(alarms.len())
+    }
+}
+
+impl AlarmStore for EventLogStore {
+    fn load(&self) -> Result<Vec<Alarm>, StoreError> {
+        self.log
+            .alarm_state()?
+            .into_iter()
+            .map(|(id, body)| {
+                serde_json::from_str(&body).map_err(|source| StoreError::Format {
+                    path: format!("alarm_state id {id}"),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    fn save(&self, alarms: &[Alarm]) -> Result<(), StoreError> {
+        let rows = alarms
+            .iter()
+            .map(|a| {
+                let body = serde_json::to_string(a).map_err(|source| StoreError::Format {
+                    path: format!("alarm_state id {}", a.id),
+                    source,
+                })?;
+                Ok((i64::try_from(a.id).unwrap_or(i64::MAX), body))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(self.log.save_alarm_state(&rows)?)
     }
 }

@@ -233,3 +233,49 @@ fn alarm_line_for_the_tsdb() {
          event=\"raised\",active=1i,value=2.0,limit=1.0,id=1i 7000000000\n"
     );
 }
+
+#[test]
+fn state_lives_in_the_event_log_and_an_old_state_file_is_imported_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let settings = AlarmSettings {
+        flapping_transitions: 5,
+        flapping_window_ns: 600 * S,
+        max_shelve_ns: 3600 * S,
+    };
+    // An older daemon left its state in a JSON file.
+    let file = store::FileStore::new(dir.path().join("alarms.json"));
+    let mut old =
+        AlarmManager::new(settings, Arc::new(file.clone())).unwrap_or_else(|e| panic!("{e}"));
+    old.apply(&det(Change::Raise, Severity::Critical, 0));
+    let before = old.list();
+    drop(old);
+
+    let open = || {
+        crate::eventlog::EventLog::open(
+            dir.path(),
+            &crate::config::EventLogConfig::default(),
+            &[],
+            crate::hub::Hub::new(),
+            &crate::metrics::Registry::new(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let db = store::EventLogStore::new(open());
+    assert_eq!(db.import_file(&file).unwrap_or_default(), 1);
+    assert!(!dir.path().join("alarms.json").exists());
+    assert!(dir.path().join("alarms.json.imported").exists());
+    // A second start does not import again.
+    assert_eq!(db.import_file(&file).unwrap_or(99), 0);
+    let mut m = AlarmManager::new(settings, Arc::new(db)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.list(), before);
+    m.ack(before[0].id, Some("op".into()), S)
+        .unwrap_or_default();
+    let acked = m.list();
+    drop(m);
+
+    // Reopened database: the acknowledgement is there.
+    let m = AlarmManager::new(settings, Arc::new(store::EventLogStore::new(open())))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.list(), acked);
+    assert_eq!(m.list()[0].state, AlarmState::Acknowledged);
+}

@@ -61,7 +61,8 @@ pub struct AlarmsConfig {
     /// Longest shelving an operator may ask for.
     #[serde(default = "default_max_shelve", with = "humantime_serde")]
     pub max_shelve: Duration,
-    /// Where alarm state is kept across restarts (relative paths are under `daemon.data_dir`).
+    /// Alarm state file of older versions (relative paths are under `daemon.data_dir`):
+    /// imported once into the event log, which keeps the state now.
     #[serde(default = "default_state_file")]
     pub state_file: PathBuf,
     /// Suppress voltage alarms on a device whose parent shows the same condition (one fault

@@ -804,6 +804,29 @@ impl EventLog {
         }
     }
 
+    /// The alarm engine's saved state: `(id, JSON)` per current alarm, by id.
+    pub fn alarm_state(&self) -> Result<Vec<(i64, String)>, EventLogError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT id, body FROM alarm_state ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Replaces the alarm engine's saved state in one transaction.
+    pub fn save_alarm_state(&self, alarms: &[(i64, String)]) -> Result<(), EventLogError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM alarm_state", [])?;
+        {
+            let mut stmt = tx.prepare("INSERT INTO alarm_state (id, body) VALUES (?1, ?2)")?;
+            for (id, body) in alarms {
+                stmt.execute(rusqlite::params![id, body])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Reads one row with `f`, or `None`.
     pub(crate) fn read<T>(
         &self,

@@ -120,6 +120,14 @@ CREATE TABLE users (
     disabled_at INTEGER
 );
 "#,
+    // 2: the alarm engine's live state (one JSON document per current alarm), replacing
+    // the alarms.json file so that one database holds everything that must survive.
+    r#"
+CREATE TABLE alarm_state (
+    id   INTEGER PRIMARY KEY,   -- the engine's alarm id
+    body TEXT NOT NULL          -- the alarm as JSON (src/alarms/mod.rs `Alarm`)
+);
+"#,
 ];
 
 /// Applies every migration newer than the database; returns the resulting version.
