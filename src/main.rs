@@ -264,8 +264,12 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // The embedded demo broker (rumqttd) logs every connection at info.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+        // The embedded demo broker (rumqttd) logs every connection at info; tokio-modbus
+        // warns once per byte it drops from a corrupted RTU frame, which gridwatch already
+        // counts (gridwatch_modbus_crc_errors_total) and logs per poll.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,rumqttd=warn,tokio_modbus=error")
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
