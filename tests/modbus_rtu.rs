@@ -549,6 +549,25 @@ fn rtu_bad_crc_answers_are_counted_retried_and_never_stored() {
         dev3["last_error"].as_str().unwrap().contains("CRC"),
         "{dev3}"
     );
+    // The alarm side of the same faults: only the unit that never gets a good answer
+    // through raises an alarm, and it is communication loss (unit 2's retries succeed).
+    let raised = wait_for("comm_loss on unit 3", Duration::from_secs(15), || {
+        let list: Vec<serde_json::Value> = common::http()
+            .get(format!("{http}/api/v1/alarms"))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        let keys: Vec<(String, String)> = list
+            .iter()
+            .map(|a| {
+                let f = |k: &str| a[k].as_str().unwrap_or("").to_string();
+                (f("device"), f("rule"))
+            })
+            .collect();
+        (!keys.is_empty()).then_some(keys)
+    });
+    assert_eq!(raised, [(ids[&3].clone(), "comm_loss".to_string())]);
     drop(daemon);
     rt.block_on(sim.shutdown());
 }
