@@ -89,6 +89,16 @@ fn operators_see_the_fleet_and_alarms_live_and_viewers_cannot_acknowledge() {
     );
     b.screenshot(&screenshot_dir().join("overview.png"));
 
+    // Values on the overview follow the field without a reload (the meter's voltage moves
+    // from one read to the next; the overview refreshes its summary every 10 s).
+    let meter_tile = format!(".tile.meter[data-device='{tag}-MT-0002'] .sub");
+    let first = b.text_of(&meter_tile).unwrap();
+    assert!(first.ends_with(" V"), "{first}");
+    let later = wait_for("the meter tile to change", Duration::from_secs(25), || {
+        b.text_of(&meter_tile).filter(|t| t != &first)
+    });
+    assert!(later.ends_with(" V"), "{later}");
+
     // A fault in the field: the alarm appears without a reload.
     let tx = format!("{tag}-TX-0001");
     sim.h().set_fault(1, gridwatch_sim::Fault::OverTemperature);

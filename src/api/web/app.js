@@ -204,6 +204,22 @@ async function resync() {
   } catch (_) { /* still down */ }
 }
 
+// The overview shows every device's latest values. Streaming every reading of a large
+// fleet to each browser costs far more than refreshing the device summary now and then;
+// status and alarms still arrive live on the stream.
+const OVERVIEW_REFRESH_MS = 10000;
+async function refreshValues() {
+  if (currentDevice() || document.hidden || !state.devices.size) return;
+  try {
+    for (const n of await api('/api/v1/devices')) {
+      const d = state.devices.get(n.id);
+      if (d) Object.assign(d, n); else state.devices.set(n.id, n);
+    }
+    scheduleRender();
+  } catch (_) { /* the stream's reconnect loop reports an outage */ }
+}
+setInterval(refreshValues, OVERVIEW_REFRESH_MS);
+
 // ---------------------------------------------------------------- header and alarms
 
 function renderCounts() {
