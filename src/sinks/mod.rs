@@ -108,6 +108,14 @@ impl Buffer {
         }
     }
 
+    /// Records lines of the batch being filled so a killed process does not lose them
+    /// (spool only: see [`spool::Spool::journal`]; the memory queue has nothing to keep).
+    pub fn journal(&self, lines: &[u8], points: u32) {
+        if let Buffer::Spool(s) = self {
+            s.journal(lines, points);
+        }
+    }
+
     /// The oldest batch not yet accepted by the store.
     pub async fn front(&self) -> Option<Outgoing> {
         match self {
@@ -263,14 +271,17 @@ pub async fn run_batcher_with_lines(
                 lineproto::write_reading(&mut body, &reading);
                 if body.len() > before {
                     points += 1;
+                    queue.journal(&body.as_bytes()[before..], 1);
                 }
                 if points >= settings.batch_size {
                     seal(&mut body, &mut points, &queue, &encoded).await;
                 }
             }
             Some(text) = recv_lines(&mut lines) => {
+                let n = text.lines().count();
+                queue.journal(text.as_bytes(), u32::try_from(n).unwrap_or(u32::MAX));
                 body.push_str(&text);
-                points += text.lines().count();
+                points += n;
             }
             _ = tick.tick() => {
                 if points > 0 {

@@ -20,6 +20,16 @@
 //! (`gridwatch_spool_torn_records_total`); later segments are replayed normally, so one bad
 //! tail never blocks the rest and is never sent as garbage.
 //!
+//! The *journal* file `open.journal` (same format) holds the batch the batcher is still
+//! filling: every reading is appended to it as its own record the moment it is encoded
+//! ([`Spool::journal`]), without fsync — a killed process leaves it in the OS page cache, so
+//! `kill -9` loses nothing that was encoded. When the batch is sealed and appended to a
+//! segment, the journal is emptied. At start-up a non-empty journal becomes the newest
+//! batch (after the segments' records, which are older). Against a power cut the journal
+//! is as good as the last fsync of the [`Fsync::Interval`] syncer (or nothing with
+//! [`Fsync::EveryBatch`], which fsyncs sealed batches, not single readings): a power cut
+//! can lose the open batch, a process kill cannot.
+//!
 //! The *index* file `ack` holds the position of the oldest unacknowledged record
 //! (segment id, byte offset, CRC-32 of both). It is rewritten (write, fsync, rename) after
 //! every acknowledgement. Delivery is at-least-once: if the daemon dies between the store's
@@ -50,6 +60,7 @@ pub const RECORD_HEADER: usize = 12;
 /// of 5000 points is about 1 MiB).
 pub const MAX_RECORD: u32 = 256 << 20;
 const INDEX_FILE: &str = "ack";
+const JOURNAL_FILE: &str = "open.journal";
 
 /// What can go wrong with the spool.
 #[derive(Debug, thiserror::Error)]
@@ -266,10 +277,22 @@ struct SpoolMetrics {
     pending_batches: Gauge,
 }
 
+/// The open batch's journal (see the module docs).
+struct Journal {
+    file: Option<File>,
+    /// Reused record buffer.
+    scratch: Vec<u8>,
+    /// Bytes past the magic: something to empty when the batch is sealed.
+    used: bool,
+    /// A write failed: logged once, retried with every reading.
+    failing: bool,
+}
+
 /// The disk queue. Shared by the batcher (push) and the writer (front/ack).
 pub struct Spool {
     settings: SpoolSettings,
     inner: Mutex<Inner>,
+    journal: Mutex<Journal>,
     /// Wakes the writer when a batch arrived or the spool closed.
     arrived: Notify,
     /// Wakes a blocked pusher when space was freed.
@@ -420,16 +443,121 @@ impl Spool {
                 "spool recovered unsent telemetry; replaying it first"
             );
         }
+        let journal_path = dir.join(JOURNAL_FILE);
+        let left = match fs::read(&journal_path) {
+            Ok(data) => Some(data),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(SpoolError::Io {
+                    path: journal_path,
+                    source: e,
+                });
+            }
+        };
         let spool = Arc::new(Spool {
             settings,
             inner: Mutex::new(inner),
+            journal: Mutex::new(Journal {
+                file: None,
+                scratch: Vec::new(),
+                used: false,
+                failing: false,
+            }),
             arrived: Notify::new(),
             space: Notify::new(),
             closed: AtomicBool::new(false),
             metrics,
         });
         spool.update_gauges(&spool.lock());
+        if let Some(data) = left {
+            let (batch, torn) = journal_batch(&data);
+            if torn {
+                rec.torn += 1;
+                spool.metrics.torn.inc();
+                tracing::warn!(file = %journal_path.display(), "the open batch's journal ends in a torn record; kept the good ones");
+            }
+            if batch.points > 0 {
+                spool.append(&batch)?;
+                rec.batches += 1;
+                rec.points += batch.points as u64;
+                spool.metrics.recovered.add(batch.points as u64);
+                tracing::info!(
+                    points = batch.points,
+                    "spool recovered the open batch of the previous run from its journal"
+                );
+            }
+        }
+        spool.open_journal()?;
         Ok((spool, rec))
+    }
+
+    /// Creates an empty journal (magic only), replacing whatever was there.
+    fn open_journal(&self) -> Result<(), SpoolError> {
+        let path = self.settings.dir.join(JOURNAL_FILE);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
+        // Appends go to the end; emptying is `set_len(magic)`, after which the end is there.
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut j = self.lock_journal();
+        j.file = Some(file);
+        j.used = false;
+        Ok(())
+    }
+
+    fn lock_journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `lines` (encoded line protocol, `points` lines) of the batch being filled, so
+    /// that a killed process does not lose them: one `write` into the page cache, no fsync.
+    /// Call in order; the next [`push`](Self::push) seals everything journaled so far.
+    pub fn journal(&self, lines: &[u8], points: u32) {
+        let mut j = self.lock_journal();
+        let Journal {
+            file,
+            scratch,
+            used,
+            failing,
+        } = &mut *j;
+        let Some(f) = file.as_mut() else { return };
+        scratch.clear();
+        encode_record(scratch, points, lines);
+        match f.write_all(scratch) {
+            Ok(()) => {
+                *used = true;
+                *failing = false;
+            }
+            Err(e) => {
+                self.metrics.io_errors.inc();
+                if !*failing {
+                    tracing::error!(error = %e, "cannot write the spool journal; the open batch is only in memory");
+                }
+                *failing = true;
+            }
+        }
+    }
+
+    /// Empties the journal after its readings were sealed into a segment record.
+    fn clear_journal(&self) {
+        let mut j = self.lock_journal();
+        if !j.used {
+            return;
+        }
+        let Some(f) = j.file.as_ref() else { return };
+        if let Err(e) = f.set_len(SEGMENT_MAGIC.len() as u64) {
+            self.metrics.io_errors.inc();
+            tracing::warn!(error = %e, "cannot empty the spool journal (its batch may be sent twice after a crash)");
+            return;
+        }
+        j.used = false;
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -573,6 +701,10 @@ impl Spool {
         inner.pending_batches += 1;
         inner.dirty = self.settings.fsync != Fsync::EveryBatch;
         self.update_gauges(&inner);
+        drop(inner);
+        // Only now that the batch is in its segment (fsynced with every_batch) may the
+        // journal forget it; a crash in between sends it twice, never zero times.
+        self.clear_journal();
         Ok(())
     }
 
@@ -725,6 +857,12 @@ impl Spool {
 
     /// Forces appended data to disk (the [`Fsync::Interval`] tick, and at close).
     pub fn sync(&self) {
+        if let Some(f) = self.lock_journal().file.as_ref()
+            && let Err(e) = f.sync_data()
+        {
+            self.metrics.io_errors.inc();
+            tracing::error!(error = %e, "spool journal fsync failed");
+        }
         let mut inner = self.lock();
         if !inner.dirty {
             return;
@@ -846,3 +984,24 @@ fn write_index(dir: &Path, (seg, off): (u64, u64), fsync: bool) -> std::io::Resu
 
 #[cfg(test)]
 mod tests;
+
+/// The good records of a journal as one batch (their lines in order), and whether it ended
+/// in damage (a torn last write).
+fn journal_batch(data: &[u8]) -> (Batch, bool) {
+    let scan = scan_segment(data);
+    let mut body = String::new();
+    let mut points = 0usize;
+    for r in &scan.records {
+        let start = r.offset as usize;
+        let Some(rec) = data.get(start..start + RECORD_HEADER + r.len as usize) else {
+            continue;
+        };
+        if let Ok((meta, payload)) = decode_record(rec)
+            && let Ok(text) = std::str::from_utf8(payload)
+        {
+            body.push_str(text);
+            points += meta.points as usize;
+        }
+    }
+    (Batch { body, points }, scan.damage.is_some())
+}
