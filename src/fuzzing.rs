@@ -255,3 +255,136 @@ pub fn config_text(data: &[u8]) {
         }
     }
 }
+
+/// The MQTT ingest stage the `mqtt_message` target feeds: JSON, number-per-topic and
+/// line-protocol subscriptions, auto-registration on (so any device id is admitted up to
+/// the cap), one per thread because ingest keeps per-device state between messages.
+fn mqtt_ingest() -> crate::sources::mqtt::Ingest {
+    use crate::config::{
+        FieldMapping, MqttConfig, PayloadFormat, SubscriptionConfig, TimestampConfig,
+        TimestampFormat,
+    };
+    let field = |path: &str, name: &str, equals: Option<&str>| FieldMapping {
+        path: path.into(),
+        name: name.into(),
+        scale: 1.0,
+        unit: None,
+        equals: equals.map(Into::into),
+    };
+    let sub = |pattern: &str, format, fields, ts: TimestampFormat| SubscriptionConfig {
+        pattern: pattern.into(),
+        topic: String::new(),
+        format,
+        kind: "meter".into(),
+        site: String::new(),
+        feeder: String::new(),
+        fields,
+        timestamp: TimestampConfig {
+            path: "ts".into(),
+            format: ts,
+        },
+        expected_interval: Duration::from_secs(1),
+    };
+    let cfg = MqttConfig {
+        broker: "127.0.0.1:1883".into(),
+        auto_register: true,
+        max_auto_devices: 64,
+        subscriptions: vec![
+            sub(
+                "m/{device}/telemetry",
+                PayloadFormat::Json,
+                vec![
+                    field("v.a", "voltage_a", None),
+                    field("/i/0", "current_a", None),
+                    field("e_imp_kwh", "energy_import", None),
+                    field("event", "last_gasp", Some("last_gasp")),
+                ],
+                TimestampFormat::Rfc3339,
+            ),
+            sub(
+                "ami/{site}/{feeder}/{device}/{field}",
+                PayloadFormat::Number,
+                vec![],
+                TimestampFormat::S,
+            ),
+            sub("lp/#", PayloadFormat::Line, vec![], TimestampFormat::Ns),
+        ],
+        ..MqttConfig::default()
+    };
+    crate::sources::mqtt::Ingest::new(
+        &cfg,
+        crate::registry::DeviceRegistry::new(&[]),
+        crate::status::StatusBoard::new(&[], 0),
+        crate::metrics::Registry::new(),
+    )
+    .unwrap_or_else(|e| panic!("fuzz ingest config: {e}"))
+}
+
+/// Target `mqtt_message`: `data[0]` picks a topic shape, the bytes up to the first NUL
+/// are the topic's variable part, the rest is the payload (JSON, a number or line
+/// protocol, whatever the subscription expects — and garbage). Ingest must never panic,
+/// and a message either becomes readings (accepted) or adds none (every other outcome).
+/// Returns the outcome (`None` for empty input).
+pub fn mqtt_message(data: &[u8]) -> Option<crate::sources::mqtt::Outcome> {
+    use crate::sources::mqtt::Outcome;
+    thread_local! {
+        static INGEST: std::cell::RefCell<Option<crate::sources::mqtt::Ingest>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let (&shape, rest) = data.split_first()?;
+    let (var, payload) = match rest.iter().position(|&b| b == 0) {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let var = String::from_utf8_lossy(var);
+    let topic = match shape % 4 {
+        0 => format!("m/{var}/telemetry"),
+        1 => format!("ami/S1/F1/{var}/voltage_a"),
+        2 => format!("lp/{var}"),
+        _ => var.into_owned(),
+    };
+    // A fixed clock: timestamps in the payload are judged against it, reproducibly.
+    let now = 1_795_420_800_000_000_000;
+    INGEST.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let ingest = slot.get_or_insert_with(mqtt_ingest);
+        let mut out = Vec::new();
+        let outcome = ingest.handle(&topic, payload, now, &mut out);
+        match outcome {
+            Outcome::Accepted => assert!(!out.is_empty(), "accepted without a reading"),
+            other => assert!(out.is_empty(), "{other:?} but {} readings", out.len()),
+        }
+        for r in &out {
+            assert!(!r.device.id.is_empty(), "a reading without a device");
+        }
+        Some(outcome)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::mqtt::Outcome;
+
+    /// The target reaches the accepting path of each subscription, so fuzzing explores
+    /// past the first rejection.
+    #[test]
+    fn mqtt_target_accepts_well_formed_messages() {
+        let msg = |shape: u8, var: &str, payload: &str| {
+            let mut d = vec![shape];
+            d.extend_from_slice(var.as_bytes());
+            d.push(0);
+            d.extend_from_slice(payload.as_bytes());
+            mqtt_message(&d)
+        };
+        let json = r#"{"ts":"2026-11-23T07:59:00Z","v":{"a":230.1},"i":[1.5],"event":null}"#;
+        assert_eq!(msg(0, "MQ-1", json), Some(Outcome::Accepted));
+        assert_eq!(msg(1, "MQ-2", "231.5"), Some(Outcome::Accepted));
+        assert_eq!(
+            msg(2, "x", "meter,device=MQ-3 v=1 1795420800000000000"),
+            Some(Outcome::Accepted)
+        );
+        assert_ne!(msg(0, "MQ-1", "{not json"), Some(Outcome::Accepted));
+        assert_eq!(mqtt_message(&[]), None);
+    }
+}

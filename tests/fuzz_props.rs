@@ -58,4 +58,28 @@ proptest! {
     fn config_loader_bytes(data in prop::collection::vec(any::<u8>(), 0..200)) {
         gridwatch::fuzzing::config_text(&data);
     }
+
+    #[test]
+    fn mqtt_message_bytes(data in prop::collection::vec(any::<u8>(), 0..300)) {
+        gridwatch::fuzzing::mqtt_message(&data);
+    }
+
+    /// Near-valid messages reach deeper than random bytes: a well-formed topic and a
+    /// payload that is almost what the subscription expects.
+    #[test]
+    fn mqtt_message_near_valid(
+        shape in 0u8..4,
+        device in "[A-Z]{1,3}-[0-9]{1,4}",
+        payload in prop_oneof![
+            r#"\{"ts":"2026-11-23T0[0-7]:[0-5][0-9]:[0-5][0-9](\.[0-9]{1,3})?Z","v":\{"a":-?[0-9]{1,4}(\.[0-9]{1,3})?\},"i":\[[0-9.e+-]{1,8}\],"event":("last_gasp"|null|1)\}"#,
+            "-?[0-9]{1,6}(\\.[0-9]{1,4})?(e-?[0-9]{1,3})?",
+            "[a-z]{1,6}(,device=[A-Z0-9]{1,4})? [a-z]{1,4}=(-?[0-9.]{1,8}|[0-9]{1,4}i|\"[ -~]{0,8}\"|t)( 17954[0-9]{14})?",
+        ],
+    ) {
+        let mut data = vec![shape];
+        data.extend_from_slice(device.as_bytes());
+        data.push(0);
+        data.extend_from_slice(payload.as_bytes());
+        gridwatch::fuzzing::mqtt_message(&data);
+    }
 }
