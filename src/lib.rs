@@ -16,6 +16,7 @@ pub mod eventlog;
 pub mod fuzzing;
 pub mod history;
 pub mod hub;
+pub mod kpi;
 pub mod metrics;
 pub mod model;
 pub mod notify;
@@ -144,11 +145,11 @@ struct AlarmStage {
     engine: detect::Engine,
     service: Arc<alarms::service::AlarmService>,
     events_rx: tokio::sync::mpsc::UnboundedReceiver<alarms::AlarmEvent>,
-    lines_rx: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 fn build_alarms(
     loaded: &LoadedConfig,
+    lines_tx: tokio::sync::mpsc::UnboundedSender<String>,
     eventlog: &Arc<eventlog::EventLog>,
     devices: &[Arc<DeviceInfo>],
     metrics: &Arc<metrics::Registry>,
@@ -172,7 +173,6 @@ fn build_alarms(
     let manager =
         alarms::AlarmManager::new(alarms::AlarmSettings::from_config(&cfg.alarms), store)?;
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (lines_tx, lines_rx) = tokio::sync::mpsc::unbounded_channel();
     let service =
         alarms::service::AlarmService::new(manager, Some(events_tx), Some(lines_tx), metrics);
     let mut engine = detect::Engine::new(rules, &cfg.alarms, devices, model::now_ns());
@@ -182,7 +182,6 @@ fn build_alarms(
         engine,
         service,
         events_rx,
-        lines_rx,
     })
 }
 
@@ -222,9 +221,25 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     if auth.is_off() {
         tracing::warn!(http = %cfg.daemon.http_listen, "API authentication is OFF (loopback only): every request acts as admin");
     }
+    // Pre-encoded lines (alarm events, KPI points) batched with the telemetry.
+    let (lines_tx, lines_rx) = tokio::sync::mpsc::unbounded_channel();
+    let kpi_stage = if cfg.kpi.enabled {
+        let engine = kpi::KpiEngine::new(
+            &cfg.kpi,
+            &cfg.alarms,
+            topology::Topology::from_devices(&cfg.devices),
+        );
+        let service =
+            kpi::KpiService::new(engine, Arc::clone(&eventlog), &cfg.kpi, model::now_ns())?;
+        Some((pipeline.consumer("kpi", Delivery::Lossy), service))
+    } else {
+        None
+    };
+    let kpi_service = kpi_stage.as_ref().map(|(_, s)| Arc::clone(s));
     let alarm_stage = if cfg.alarms.enabled {
         Some(build_alarms(
             &loaded,
+            lines_tx.clone(),
             &eventlog,
             &device_list,
             &metrics,
@@ -329,7 +344,21 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         ),
     ];
     let tee_stop = CancellationToken::new();
-    let (alarm_lines, alarm_service, notify_task, notify_stop, tee_task) = match alarm_stage {
+    if let Some((rx, service)) = kpi_stage {
+        drain.push((
+            "kpi",
+            tokio::spawn(kpi::run(
+                rx,
+                Arc::clone(&service),
+                Some(lines_tx.clone()),
+                hard_stop.clone(),
+            )),
+        ));
+    }
+    // Only the alarm service and the KPI task hold senders now: when both are done the
+    // batcher stops waiting for lines.
+    drop(lines_tx);
+    let (alarm_service, notify_task, notify_stop, tee_task) = match alarm_stage {
         Some(stage) => {
             drain.push((
                 "alarm rules",
@@ -355,21 +384,15 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
                 Arc::clone(&metrics),
                 notify_stop.clone(),
             ));
-            (
-                Some(stage.lines_rx),
-                Some(stage.service),
-                Some(task),
-                notify_stop,
-                Some(tee),
-            )
+            (Some(stage.service), Some(task), notify_stop, Some(tee))
         }
-        None => (None, None, None, CancellationToken::new(), None),
+        None => (None, None, CancellationToken::new(), None),
     };
     drain.push((
         "telemetry batcher",
         tokio::spawn(sinks::run_batcher_with_lines(
             sink_rx,
-            alarm_lines,
+            Some(lines_rx),
             queue.clone(),
             settings,
             Arc::clone(&metrics),
@@ -422,6 +445,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         hub,
         sink: Some(Arc::clone(&sink_health)),
         alarms: alarm_service.clone(),
+        kpi: kpi_service,
     };
     let router = api::router(state);
     let http_stop = CancellationToken::new();

@@ -44,6 +44,26 @@ enum Command {
         /// Print one JSON object per alarm event instead of text.
         #[arg(long)]
         json: bool,
+        /// Also compute the file's KPIs into the event database in the config's data_dir
+        /// (then `gridwatch report` covers the replayed period).
+        #[arg(long)]
+        kpi: bool,
+    },
+    /// KPI report of a period (voltage/frequency compliance, SAIFI/SAIDI/CAIDI/MAIFI/RS-1,
+    /// interruptions, transformer loading) from the event database in the config's data_dir.
+    Report {
+        /// Configuration file (for data_dir, devices and the voltage standard).
+        #[arg(long, short, env = "GRIDWATCH_CONFIG")]
+        config: PathBuf,
+        /// First day (UTC), e.g. 2026-11-01.
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Day after the last one (UTC), e.g. 2026-12-01.
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// md (default), csv or json.
+        #[arg(long, value_enum, default_value = "md")]
+        format: gridwatch::kpi::report::Format,
     },
     /// Validate a configuration and print what it describes (exit 2 on errors).
     Check {
@@ -223,8 +243,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Replay { config, file, json } => match config::load(&config) {
-            Ok(loaded) => exit(replay(&loaded, &file, json)),
+        Command::Replay {
+            config,
+            file,
+            json,
+            kpi,
+        } => match config::load(&config) {
+            Ok(loaded) => exit(replay(&loaded, &file, json, kpi)),
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Report {
+            config,
+            from,
+            to,
+            format,
+        } => match config::load(&config) {
+            Ok(loaded) => exit(report(&loaded, from, to, format)),
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(2)
@@ -343,10 +380,50 @@ async fn watch_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
-fn replay(loaded: &LoadedConfig, file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+fn report(
+    loaded: &LoadedConfig,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+    format: gridwatch::kpi::report::Format,
+) -> anyhow::Result<()> {
+    use gridwatch::kpi::report;
+    let ns = |d: chrono::NaiveDate| {
+        d.and_hms_opt(0, 0, 0)
+            .and_then(|t| t.and_utc().timestamp_nanos_opt())
+            .with_context(|| format!("{d} is out of range"))
+    };
+    let (from_ns, to_ns) = (ns(from)?, ns(to)?);
+    anyhow::ensure!(to_ns > from_ns, "--to must be after --from");
+    let log = report::open_log(loaded).context("opening the event database")?;
+    let reports = report::reports(loaded, &log, from_ns, to_ns)?;
+    print!(
+        "{}",
+        report::render(loaded, &reports, from_ns, to_ns, format)?
+    );
+    Ok(())
+}
+
+fn replay(
+    loaded: &LoadedConfig,
+    file: &std::path::Path,
+    json: bool,
+    kpi: bool,
+) -> anyhow::Result<()> {
     use gridwatch::alarms::EventKind;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if kpi {
+        let s = gridwatch::kpi::report::replay_into_store(loaded, &text)
+            .with_context(|| format!("computing the KPIs of {}", file.display()))?;
+        eprintln!(
+            "KPIs: {} readings, {} device-days and {} interruptions saved to {} ({} interruption(s) still open at the end, not saved)",
+            s.readings,
+            s.days,
+            s.interruptions,
+            loaded.config.daemon.data_dir.display(),
+            s.open_at_end
+        );
+    }
     let report = gridwatch::replay::replay(loaded, &text)
         .with_context(|| format!("replaying {}", file.display()))?;
     let mut raised = 0usize;

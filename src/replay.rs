@@ -59,19 +59,47 @@ struct DeviceSlot {
 pub fn replay(loaded: &LoadedConfig, input: &str) -> Result<ReplayReport, ReplayError> {
     let cfg = &loaded.config;
     let rules = RuleSet::build(&cfg.alarms, &cfg.rules)?;
-    let configured: HashMap<String, Arc<DeviceInfo>> = crate::build_devices(loaded)
-        .into_iter()
-        .map(|d| (d.id.clone(), d))
-        .collect();
-    let gaps = min_gaps(input);
     let mut manager = AlarmManager::new(
         AlarmSettings::from_config(&cfg.alarms),
         Arc::new(MemoryStore),
     )?;
     let mut engine: Option<Engine> = None;
-    let mut slots: HashMap<String, DeviceSlot> = HashMap::new();
     let mut report = ReplayReport::default();
     let mut last_tick: Timestamp = i64::MIN;
+    report.devices = for_each_reading(loaded, input, |reading| {
+        let ts = reading.ts;
+        // Devices join at their first line: one that never appears in the file is not
+        // reported as lost; one that stops appearing is.
+        let engine = engine.get_or_insert_with(|| Engine::new(rules.clone(), &cfg.alarms, &[], ts));
+        for d in engine.on_reading(reading) {
+            report.events.extend(manager.apply(&d));
+        }
+        if ts >= last_tick.saturating_add(1_000_000_000) {
+            last_tick = ts;
+            for d in engine.tick(ts) {
+                report.events.extend(manager.apply(&d));
+            }
+            report.events.extend(manager.tick(ts));
+        }
+        report.readings += 1;
+    })?;
+    report.open_at_end = manager.list().iter().filter(|a| a.condition).count();
+    Ok(report)
+}
+
+/// Turns every line of `input` into a [`Reading`] of the configured (or, from its tags,
+/// an ad-hoc) device, in file order, and hands it to `f`; returns the number of devices.
+pub fn for_each_reading(
+    loaded: &LoadedConfig,
+    input: &str,
+    mut f: impl FnMut(&Arc<Reading>),
+) -> Result<usize, ReplayError> {
+    let configured: HashMap<String, Arc<DeviceInfo>> = crate::build_devices(loaded)
+        .into_iter()
+        .map(|d| (d.id.clone(), d))
+        .collect();
+    let gaps = min_gaps(input);
+    let mut slots: HashMap<String, DeviceSlot> = HashMap::new();
     for (n, parsed) in influxdb_line_protocol::parse_lines(input).enumerate() {
         let line = parsed.map_err(|e| ReplayError::Parse {
             line: n + 1,
@@ -157,24 +185,9 @@ pub fn replay(loaded: &LoadedConfig, input: &str) -> Result<ReplayReport, Replay
             values,
             quality: Quality::Good,
         });
-        // Devices join at their first line: one that never appears in the file is not
-        // reported as lost; one that stops appearing is.
-        let engine = engine.get_or_insert_with(|| Engine::new(rules.clone(), &cfg.alarms, &[], ts));
-        for d in engine.on_reading(&reading) {
-            report.events.extend(manager.apply(&d));
-        }
-        if ts >= last_tick.saturating_add(1_000_000_000) {
-            last_tick = ts;
-            for d in engine.tick(ts) {
-                report.events.extend(manager.apply(&d));
-            }
-            report.events.extend(manager.tick(ts));
-        }
-        report.readings += 1;
+        f(&reading);
     }
-    report.devices = slots.len();
-    report.open_at_end = manager.list().iter().filter(|a| a.condition).count();
-    Ok(report)
+    Ok(slots.len())
 }
 
 /// Smallest positive timestamp gap per device: the reporting interval of unknown devices.

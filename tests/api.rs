@@ -77,6 +77,7 @@ async fn start(api: ApiConfig) -> Api {
         eventlog: Arc::clone(&log),
         hub,
         sink: None,
+        kpi: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

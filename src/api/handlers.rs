@@ -817,3 +817,67 @@ pub async fn stream(
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
+
+// ------------------------------------------------------------------ KPIs
+
+/// Query of `GET /api/v1/kpi`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpiParams {
+    scope: Option<crate::kpi::Scope>,
+    id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// A KPI period bound: a date (`2026-11-01`, midnight UTC), an RFC 3339 time or a
+/// duration back from now.
+fn parse_bound(name: &str, s: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return d
+            .and_hms_opt(0, 0, 0)
+            .and_then(|t| t.and_utc().timestamp_nanos_opt())
+            .ok_or_else(|| ApiError::BadRequest(format!("{name}: {s:?} is out of range")));
+    }
+    parse_time(name, s, now)
+}
+
+/// KPIs of a device, transformer, feeder, site or the network over a period (default:
+/// today so far).
+pub async fn kpi(
+    State(s): State<AppState>,
+    q: Result<Query<KpiParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let Some(service) = s.kpi.clone() else {
+        return Err(ApiError::NotFound(
+            "KPIs are off ([kpi] enabled = false)".into(),
+        ));
+    };
+    let now = now_ns();
+    let day = 86_400 * 1_000_000_000;
+    let from = match q.from.as_deref() {
+        Some(t) => parse_bound("from", t, now)?,
+        None => now.div_euclid(day) * day,
+    };
+    let to = match q.to.as_deref() {
+        Some(t) => parse_bound("to", t, now)?,
+        None => now,
+    };
+    if to <= from {
+        return Err(ApiError::BadRequest("`to` must be after `from`".into()));
+    }
+    let scope = q.scope.unwrap_or(crate::kpi::Scope::Network);
+    let id = q.id.unwrap_or_default();
+    if scope != crate::kpi::Scope::Network && id.is_empty() {
+        return Err(ApiError::BadRequest(format!("scope {scope:?} needs an id")));
+    }
+    let report = tokio::task::spawn_blocking(move || service.query(scope, &id, from, to, now))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            crate::kpi::KpiError::UnknownScope(..) => ApiError::NotFound(e.to_string()),
+            crate::kpi::KpiError::Database(e) => ApiError::from(e),
+        })?;
+    Ok(Json(report).into_response())
+}

@@ -58,6 +58,8 @@ pub struct AppState {
     pub alarms: Option<Arc<crate::alarms::service::AlarmService>>,
     /// The telemetry writer's health and queue, for `/readyz` (None: no telemetry sink).
     pub sink: Option<Arc<SinkHealth>>,
+    /// The KPI engine (None when `[kpi]` is off).
+    pub kpi: Option<Arc<crate::kpi::KpiService>>,
 }
 
 /// Builds the router from [`routes::table`], each route behind its role check.

@@ -290,6 +290,38 @@ pub fn table() -> Vec<RouteRow> {
         row(
             spec(
                 "GET",
+                "/api/v1/kpi",
+                R(Viewer),
+                "Voltage/frequency compliance, SAIFI/SAIDI/CAIDI/MAIFI/RS-1, transformer loading",
+                &[
+                    Param {
+                        name: "scope",
+                        location: "query",
+                        doc: "device, transformer, feeder (id F07 or site/F07), site or network (default)",
+                    },
+                    Param {
+                        name: "id",
+                        location: "query",
+                        doc: "Id of the device, transformer, feeder or site",
+                    },
+                    Param {
+                        name: "from",
+                        location: "query",
+                        doc: "Period start: date (2026-11-01), RFC 3339 time or duration ago; default today 00:00 UTC",
+                    },
+                    Param {
+                        name: "to",
+                        location: "query",
+                        doc: "Period end (exclusive), same forms; default now",
+                    },
+                ],
+                None,
+            ),
+            get(h::kpi),
+        ),
+        row(
+            spec(
+                "GET",
                 "/api/v1/maintenance",
                 R(Viewer),
                 "Maintenance records, newest first",

@@ -123,6 +123,7 @@ pub fn load_str(
     let eventlog: EventLogConfig = section(take("eventlog"), "eventlog", origin, &mut issues);
     let history: crate::history::HistoryConfig =
         section(take("history"), "history", origin, &mut issues);
+    let kpi: crate::kpi::KpiConfig = section(take("kpi"), "kpi", origin, &mut issues);
     let mut broken = Broken::default();
     let modbus_value = take("modbus");
     broken.endpoints = raw_names(
@@ -190,6 +191,7 @@ pub fn load_str(
         api,
         eventlog,
         history,
+        kpi,
     };
     // Names whose element failed to parse: references to them are not "unknown" as well.
     for ep in &config.modbus.endpoints {

@@ -33,6 +33,8 @@ pub struct Config {
     pub eventlog: EventLogConfig,
     /// `[history]`: the in-memory chart window of the API and web page.
     pub history: crate::history::HistoryConfig,
+    /// `[kpi]`: power-quality and reliability KPIs.
+    pub kpi: crate::kpi::KpiConfig,
 }
 
 /// `[daemon]`

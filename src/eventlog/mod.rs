@@ -827,6 +827,96 @@ impl EventLog {
         Ok(())
     }
 
+    /// Saves KPI day accumulators (replacing the same day and device) and finished
+    /// interruptions, in one transaction.
+    pub fn save_kpi(
+        &self,
+        days: &[(i64, String, crate::kpi::DayAcc)],
+        interruptions: &[crate::kpi::indices::Interruption],
+    ) -> Result<(), EventLogError> {
+        if days.is_empty() && interruptions.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut put = tx.prepare(
+                "INSERT INTO kpi_daily (day, device, body) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (day, device) DO UPDATE SET body = excluded.body",
+            )?;
+            for (day, device, acc) in days {
+                let body = serde_json::to_string(acc).map_err(EventLogError::Json)?;
+                put.execute(rusqlite::params![day, device, body])?;
+            }
+            let mut add = tx.prepare(
+                "INSERT INTO interruptions (device, start_ns, end_ns, customers, cause)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for i in interruptions {
+                add.execute(rusqlite::params![
+                    i.device,
+                    i.start,
+                    i.end,
+                    i.customers,
+                    i.cause
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// KPI day accumulators of days `from_day..to_day`.
+    pub fn kpi_days(
+        &self,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<(i64, String, crate::kpi::DayAcc)>, EventLogError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT day, device, body FROM kpi_daily WHERE day >= ?1 AND day < ?2 ORDER BY day, device",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![from_day, to_day], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (day, device, body) = row?;
+            match serde_json::from_str(&body) {
+                Ok(acc) => out.push((day, device, acc)),
+                Err(e) => tracing::warn!(day, device, error = %e, "unreadable KPI row skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Interruptions overlapping `[from, to)`, oldest first.
+    pub fn interruptions(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<crate::kpi::indices::Interruption>, EventLogError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT device, start_ns, end_ns, customers, cause FROM interruptions
+             WHERE end_ns > ?1 AND start_ns < ?2 ORDER BY start_ns, id",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![from, to], |r| {
+            Ok(crate::kpi::indices::Interruption {
+                device: r.get(0)?,
+                start: r.get(1)?,
+                end: r.get(2)?,
+                customers: r.get(3)?,
+                cause: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
     /// Reads one row with `f`, or `None`.
     pub(crate) fn read<T>(
         &self,

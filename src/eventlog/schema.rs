@@ -128,6 +128,25 @@ CREATE TABLE alarm_state (
     body TEXT NOT NULL          -- the alarm as JSON (src/alarms/mod.rs `Alarm`)
 );
 "#,
+    // 3: KPI accumulators per device and UTC day, and supply interruptions (src/kpi).
+    r#"
+CREATE TABLE kpi_daily (
+    day    INTEGER NOT NULL,    -- days since 1970-01-01 (UTC)
+    device TEXT NOT NULL,
+    body   TEXT NOT NULL,       -- src/kpi `DayAcc` as JSON
+    PRIMARY KEY (day, device)
+);
+
+CREATE TABLE interruptions (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    device    TEXT NOT NULL,
+    start_ns  INTEGER NOT NULL,
+    end_ns    INTEGER NOT NULL,
+    customers INTEGER NOT NULL,
+    cause     TEXT NOT NULL
+);
+CREATE INDEX interruptions_time ON interruptions(start_ns);
+"#,
 ];
 
 /// Applies every migration newer than the database; returns the resulting version.
