@@ -75,6 +75,9 @@ pub enum Fault {
     OverVoltage,
     /// One phase: voltage ~0 V and no current.
     PhaseLoss(Phase),
+    /// Supply lost on every phase (an upstream breaker or fuse opened): ~0 V, no current.
+    /// The device still answers — a battery-backed monitor, or a meter's power-down record.
+    SupplyLost,
     /// The unit stops answering on the bus (no response at all).
     Dead,
     /// Every request is answered with this Modbus exception code.
@@ -90,7 +93,7 @@ impl Fault {
     pub fn propagates_downstream(self) -> bool {
         matches!(
             self,
-            Fault::UnderVoltage | Fault::OverVoltage | Fault::PhaseLoss(_)
+            Fault::UnderVoltage | Fault::OverVoltage | Fault::PhaseLoss(_) | Fault::SupplyLost
         )
     }
 }
@@ -98,7 +101,8 @@ impl Fault {
 impl std::str::FromStr for Fault {
     type Err = String;
     /// Parses `kind[:arg]`: `over_temperature`, `overload`, `under_voltage`, `over_voltage`,
-    /// `phase_loss:b`, `dead`, `exception:4` (decimal or `0x0B`), `bad_crc[:n]` (RTU only).
+    /// `phase_loss:b`, `supply_lost`, `dead`, `exception:4` (decimal or `0x0B`), `bad_crc[:n]`
+    /// (RTU only).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (kind, arg) = match s.split_once(':') {
             Some((k, a)) => (k, Some(a)),
@@ -114,6 +118,7 @@ impl std::str::FromStr for Fault {
             "under_voltage" => no_arg(Fault::UnderVoltage),
             "over_voltage" => no_arg(Fault::OverVoltage),
             "dead" => no_arg(Fault::Dead),
+            "supply_lost" => no_arg(Fault::SupplyLost),
             "phase_loss" => Ok(Fault::PhaseLoss(
                 arg.ok_or("phase_loss needs a phase, e.g. phase_loss:b")?
                     .parse()?,
@@ -455,6 +460,12 @@ impl UnitModel {
             // A blown LV fuse or open conductor: a volt or so induced, no current.
             v[p] = noise(unit_key ^ 60, t, 30.0).abs();
             i[p] = 0.0;
+        }
+        if net_fault == Some(Fault::SupplyLost) {
+            for p in 0..3 {
+                v[p] = 0.0;
+                i[p] = 0.0;
+            }
         }
         let mut p_kw = [0.0; 3];
         let mut q_kvar = [0.0; 3];
