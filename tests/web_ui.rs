@@ -52,6 +52,10 @@ fn operators_see_the_fleet_and_alarms_live_and_viewers_cannot_acknowledge() {
     let data = tempfile::tempdir().unwrap();
     let config = fleet_config(&sim, &tag, "500ms", "", data.path().to_str().unwrap())
         .replace("auth = \"off\"", "auth = \"on\"")
+        .replace(
+            "interval = \"500ms\"\n",
+            "interval = \"500ms\"\nnominal_voltage = 230.0\n",
+        )
         + "\n[history]\nresolution = \"500ms\"\n";
     let port: u16 = config
         .lines()
@@ -88,6 +92,33 @@ fn operators_see_the_fleet_and_alarms_live_and_viewers_cannot_acknowledge() {
         "token never in the URL"
     );
     b.screenshot(&screenshot_dir().join("overview.png"));
+
+    // The feeder's KPI panel shows today's figures, the same as the API's.
+    let feeder_id = "Substation 7/F07, north";
+    let shown = wait_for("the feeder KPI panel", Duration::from_secs(25), || {
+        let t = b.text_of(".kpi[data-scope=feeder] [data-k=customers] b")?;
+        (t != "0").then_some(t)
+    });
+    let api: serde_json::Value = http()
+        .get(format!("{base}/api/v1/kpi"))
+        .bearer_auth(&operator)
+        .query(&[("scope", "feeder"), ("id", feeder_id)])
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        shown,
+        api["reliability"]["customers_served"].to_string(),
+        "{api}"
+    );
+    let voltage = b
+        .text_of(".kpi[data-scope=feeder] [data-k=voltage] b")
+        .unwrap();
+    // Normal operation: every monitored second inside the band.
+    assert_eq!(api["voltage"]["compliance_pct"], 100.0, "{api}");
+    assert_eq!(voltage, "100.00 %");
+    assert!(b.text_of(".kpi[data-scope=site] [data-k=rs1] b").is_some());
 
     // Values on the overview follow the field without a reload (the meter's voltage moves
     // from one read to the next; the overview refreshes its summary every 10 s).

@@ -25,6 +25,7 @@ const state = {
   window: null,      // chart window of the open device page
   events: [],
   streamAbort: null,
+  kpi: new Map(),    // "feeder:site/feeder" or "site:site" -> today's KPI report
 };
 
 const $ = (sel) => document.querySelector(sel);
@@ -112,6 +113,7 @@ async function loadAll() {
   renderLogin();
   render();
   startStream();
+  refreshKpi();
 }
 
 // ---------------------------------------------------------------- live stream
@@ -219,6 +221,42 @@ async function refreshValues() {
   } catch (_) { /* the stream's reconnect loop reports an outage */ }
 }
 setInterval(refreshValues, OVERVIEW_REFRESH_MS);
+
+// Today's KPIs per site and feeder (the engine keeps them by time; a refresh with the
+// values is plenty). A feeder id is "site/feeder": feeder names repeat across substations.
+async function refreshKpi() {
+  if (currentDevice() || document.hidden) return;
+  const scopes = new Set();
+  for (const d of state.devices.values()) {
+    scopes.add('site\u0000' + d.site);
+    scopes.add('feeder\u0000' + d.site + '/' + d.feeder);
+  }
+  for (const key of scopes) {
+    const [scope, id] = key.split('\u0000');
+    try {
+      const r = await api('/api/v1/kpi?scope=' + scope + '&id=' + encodeURIComponent(id));
+      state.kpi.set(scope + ':' + id, r);
+    } catch (_) { state.kpi.delete(scope + ':' + id); }
+  }
+  scheduleRender();
+}
+setInterval(refreshKpi, OVERVIEW_REFRESH_MS);
+
+function kpiPanel(scope, id) {
+  const r = state.kpi.get(scope + ':' + id);
+  if (!r) return el('div', { class: 'kpi muted', 'data-scope': scope, 'data-id': id }, 'KPIs today: –');
+  const pct = (v) => (v === null || v === undefined ? '–' : v.toFixed(2) + ' %');
+  const rel = r.reliability;
+  const item = (k, label, value) => el('span', { 'data-k': k, title: label }, label + ' ', el('b', {}, value));
+  return el('div', { class: 'kpi', 'data-scope': scope, 'data-id': id },
+    'Today: ',
+    item('voltage', 'voltage compliance', pct(r.voltage.compliance_pct)),
+    item('frequency', 'frequency compliance', pct(r.frequency.compliance_pct)),
+    item('saidi', 'SAIDI', rel.saidi_min.toFixed(2) + ' min'),
+    item('saifi', 'SAIFI', rel.saifi.toFixed(3)),
+    item('rs1', 'RS-1', rel.rs1_pct.toFixed(3) + ' %'),
+    item('customers', 'customers', String(rel.customers_served)));
+}
 
 // ---------------------------------------------------------------- header and alarms
 
@@ -336,9 +374,9 @@ function renderOverview() {
       }
       const lone = orphans.filter((d) => matches(d, q));
       if (lone.length) rows.push(el('div', { class: 'tx' }, el('div', { class: 'meters' }, lone.map(tile))));
-      if (rows.length) feederEls.push(el('div', { class: 'feeder' }, el('h3', {}, 'Feeder ' + (feeder || '–')), rows));
+      if (rows.length) feederEls.push(el('div', { class: 'feeder' }, el('h3', {}, 'Feeder ' + (feeder || '–')), kpiPanel('feeder', site + '/' + feeder), rows));
     }
-    if (feederEls.length) out.push(el('div', { class: 'site' }, el('h2', {}, site || 'Unassigned site'), feederEls));
+    if (feederEls.length) out.push(el('div', { class: 'site' }, el('h2', {}, site || 'Unassigned site'), kpiPanel('site', site), feederEls));
   }
   $('#view').replaceChildren(...(out.length ? out : [el('p', { class: 'muted' }, state.devices.size ? 'No device matches.' : 'No devices.')]));
 }
