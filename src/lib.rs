@@ -358,13 +358,28 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     // Only the alarm service and the KPI task hold senders now: when both are done the
     // batcher stops waiting for lines.
     drop(lines_tx);
+    let mut outage_board = None;
     let (alarm_service, notify_task, notify_stop, tee_task) = match alarm_stage {
         Some(stage) => {
+            let (outage_tx, outage_rx) = tokio::sync::mpsc::unbounded_channel();
+            let locate = cfg.locate.enabled.then(|| {
+                let locator = detect::locate::Locator::new(
+                    &cfg.locate,
+                    topology::Topology::from_devices(&cfg.devices),
+                );
+                outage_board = Some(locator.board());
+                alarms::service::Localisation {
+                    locator,
+                    notices: Some(outage_tx),
+                    kpi: kpi_service.clone(),
+                }
+            });
             drain.push((
                 "alarm rules",
                 tokio::spawn(alarms::service::run_rules(
                     stage.rules_rx,
                     stage.engine,
+                    locate,
                     Arc::clone(&stage.service),
                     hard_stop.clone(),
                 )),
@@ -379,6 +394,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
             ));
             let task = tokio::spawn(notify::run(
                 notify_rx,
+                outage_rx,
                 cfg.notify.clone(),
                 Arc::new(cfg.crews.clone()),
                 Arc::clone(&metrics),
@@ -446,6 +462,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         sink: Some(Arc::clone(&sink_health)),
         alarms: alarm_service.clone(),
         kpi: kpi_service,
+        outages: outage_board,
     };
     let router = api::router(state);
     let http_stop = CancellationToken::new();

@@ -78,6 +78,7 @@ async fn start(api: ApiConfig) -> Api {
         hub,
         sink: None,
         kpi: None,
+        outages: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

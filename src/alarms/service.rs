@@ -215,6 +215,7 @@ impl AlarmService {
 pub async fn run_rules(
     mut rx: mpsc::Receiver<Arc<Reading>>,
     mut engine: Engine,
+    mut locate: Option<Localisation>,
     service: Arc<AlarmService>,
     cancel: CancellationToken,
 ) {
@@ -224,16 +225,57 @@ pub async fn run_rules(
         tokio::select! {
             maybe = rx.recv() => {
                 let Some(r) = maybe else { break };
-                let d = engine.on_reading(&r);
+                let mut d = engine.on_reading(&r);
+                if let Some(l) = locate.as_mut() {
+                    d = l.locator.process(d);
+                }
                 service.apply(&d);
             }
             _ = tick.tick() => {
                 let now = crate::model::now_ns();
-                let d = engine.tick(now);
+                let mut d = engine.tick(now);
+                if let Some(l) = locate.as_mut() {
+                    d = l.locator.process(d);
+                    d.extend(l.locator.tick(now));
+                    l.hand_over();
+                }
                 service.apply(&d);
                 service.tick(now);
             }
             _ = cancel.cancelled() => break,
+        }
+    }
+}
+
+/// Fault localisation as the daemon runs it: the locator, where its outage notices go
+/// (MQTT) and where restored outages' interruptions go (KPIs).
+pub struct Localisation {
+    /// The stage.
+    pub locator: crate::detect::locate::Locator,
+    /// Outage notices for the notifier.
+    pub notices: Option<mpsc::UnboundedSender<crate::detect::locate::OutageNotice>>,
+    /// The KPI engine.
+    pub kpi: Option<Arc<crate::kpi::KpiService>>,
+}
+
+impl Localisation {
+    fn hand_over(&mut self) {
+        for n in self.locator.take_notices() {
+            tracing::info!(
+                event = ?n.event,
+                element = %n.outage.element,
+                meters = n.outage.meters.len(),
+                customers = n.outage.customers,
+                "outage"
+            );
+            if let Some(tx) = &self.notices {
+                let _ = tx.send(n);
+            }
+        }
+        for i in self.locator.take_interruptions() {
+            if let Some(k) = &self.kpi {
+                k.record_interruption(i);
+            }
         }
     }
 }

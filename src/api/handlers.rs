@@ -881,3 +881,17 @@ pub async fn kpi(
         })?;
     Ok(Json(report).into_response())
 }
+
+// ------------------------------------------------------------------ outages
+
+/// Located outages: active ones with their affected meters and customers (the children of
+/// the located alarm), then recently restored ones — what a customer-service system reads.
+pub async fn outages(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let Some(board) = s.outages.clone() else {
+        return Err(ApiError::NotFound(
+            "fault localisation is off ([alarms] or [locate] disabled)".into(),
+        ));
+    };
+    let (active, recent) = board.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+    Ok(Json(serde_json::json!({ "active": active, "recent": recent })).into_response())
+}

@@ -60,6 +60,8 @@ pub struct AppState {
     pub sink: Option<Arc<SinkHealth>>,
     /// The KPI engine (None when `[kpi]` is off).
     pub kpi: Option<Arc<crate::kpi::KpiService>>,
+    /// Located outages (None when alarms or `[locate]` are off).
+    pub outages: Option<Arc<std::sync::Mutex<crate::detect::locate::OutageBoard>>>,
 }
 
 /// Builds the router from [`routes::table`], each route behind its role check.

@@ -290,6 +290,17 @@ pub fn table() -> Vec<RouteRow> {
         row(
             spec(
                 "GET",
+                "/api/v1/outages",
+                R(Viewer),
+                "Located outages (affected meters, customers, since) and recently restored ones",
+                &[],
+                None,
+            ),
+            get(h::outages),
+        ),
+        row(
+            spec(
+                "GET",
                 "/api/v1/kpi",
                 R(Viewer),
                 "Voltage/frequency compliance, SAIFI/SAIDI/CAIDI/MAIFI/RS-1, transformer loading",

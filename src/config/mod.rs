@@ -124,6 +124,8 @@ pub fn load_str(
     let history: crate::history::HistoryConfig =
         section(take("history"), "history", origin, &mut issues);
     let kpi: crate::kpi::KpiConfig = section(take("kpi"), "kpi", origin, &mut issues);
+    let locate: crate::detect::locate::LocateConfig =
+        section(take("locate"), "locate", origin, &mut issues);
     let mut broken = Broken::default();
     let modbus_value = take("modbus");
     broken.endpoints = raw_names(
@@ -192,6 +194,7 @@ pub fn load_str(
         eventlog,
         history,
         kpi,
+        locate,
     };
     // Names whose element failed to parse: references to them are not "unknown" as well.
     for ep in &config.modbus.endpoints {

@@ -35,6 +35,8 @@ pub struct Config {
     pub history: crate::history::HistoryConfig,
     /// `[kpi]`: power-quality and reliability KPIs.
     pub kpi: crate::kpi::KpiConfig,
+    /// `[locate]`: fault localisation (one alarm per faulted element).
+    pub locate: crate::detect::locate::LocateConfig,
 }
 
 /// `[daemon]`

@@ -162,6 +162,10 @@ pub enum RuleType {
     Statistical,
     /// Drop of a counter between consecutive readings against the levels.
     Decreasing,
+    /// Raised by fault localisation (`outage_transformer`, `outage_feeder`), never by
+    /// readings; not accepted in `[[rules]]`.
+    #[serde(skip)]
+    Located,
 }
 
 /// Which way a level is crossed.

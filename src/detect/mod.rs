@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod derived;
+pub mod locate;
 pub mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -397,7 +398,7 @@ impl Engine {
                     RuleType::Statistical => Extra::Ewma(Ewma::default()),
                     RuleType::Stuck => Extra::Stuck(StuckCounter::default()),
                     RuleType::Decreasing => Extra::Last(None),
-                    RuleType::Threshold | RuleType::Stale => Extra::None,
+                    RuleType::Threshold | RuleType::Stale | RuleType::Located => Extra::None,
                 },
                 rule,
                 tracker: LevelTracker::default(),

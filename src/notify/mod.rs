@@ -141,6 +141,7 @@ pub fn webhook_worthy(ev: &AlarmEvent) -> bool {
 /// already queued are still delivered (the caller bounds the wait).
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<AlarmEvent>,
+    mut outages: mpsc::UnboundedReceiver<crate::detect::locate::OutageNotice>,
     cfg: NotifyConfig,
     crews: Arc<Vec<CrewConfig>>,
     metrics: Arc<Registry>,
@@ -156,9 +157,21 @@ pub async fn run(
         .iter()
         .map(|w| webhook::WebhookSender::start(w.clone(), &metrics, stop.clone()))
         .collect();
+    let mut outages_open = true;
     loop {
         let ev = tokio::select! {
             ev = rx.recv() => match ev { Some(ev) => ev, None => break },
+            n = outages.recv(), if outages_open => {
+                match n {
+                    Some(n) => {
+                        if let Some(m) = &mqtt {
+                            m.publish_outage(&n).await;
+                        }
+                    }
+                    None => outages_open = false,
+                }
+                continue;
+            }
             _ = cancel.cancelled() => match rx.try_recv() { Ok(ev) => ev, Err(_) => break },
         };
         if !ev.notify {

@@ -146,6 +146,36 @@ impl AlertPublisher {
         }
     }
 
+    /// Publishes a customer outage notice on `gridwatch/outages/{site}/{feeder}` (QoS 1,
+    /// not retained: each notice is an event a customer-service system acts on).
+    pub async fn publish_outage(&self, n: &crate::detect::locate::OutageNotice) {
+        let topic = format!(
+            "gridwatch/outages/{}/{}",
+            topic_segment(&n.outage.site),
+            topic_segment(&n.outage.feeder)
+        );
+        let payload = match serde_json::to_vec(n) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode outage notice");
+                return;
+            }
+        };
+        match self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            Ok(()) => {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.errors.inc();
+                tracing::warn!(error = %e, "outage notice not queued for MQTT");
+            }
+        }
+    }
+
     /// Waits (up to 2 s) for outstanding acknowledgements, then disconnects.
     pub async fn finish(self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);

@@ -1,0 +1,606 @@
+//! Fault localisation: many meters going dark together become one alarm on the element
+//! that explains them.
+//!
+//! Sits between the rules engine and the alarm state machine. Supply-loss conditions of
+//! meters (`last_gasp`, `comm_loss`) are held for `[locate] settle` (meters do not all fall
+//! silent in the same second), then grouped by the transformer that supplies them
+//! ([`Topology`]):
+//! - at least two meters and at least `share` of a transformer's meters dark → one
+//!   `outage_transformer` alarm on that transformer (its HV fuse, LV breaker or the
+//!   transformer itself);
+//! - every transformer of a feeder (at least two) out → one `outage_feeder` alarm on the
+//!   feeder (device id `site/feeder`, kind `feeder`) instead of one per transformer; an
+//!   outage that grows moves up (the transformer alarms clear, the feeder alarm is raised);
+//! - otherwise the meters' own alarms go out as they are (one meter: its service drop or
+//!   the meter itself).
+//!
+//! The meters' conditions are kept as the outage's children ([`OutageBoard`], served at
+//! `/api/v1/outages`) and never reach the alarm state machine, so crews get one alert,
+//! not a storm. When every meter is back the located alarm clears, a `restored` notice
+//! goes out, and each meter's interruption is handed to the KPI engine.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::Severity;
+use super::{Change, Detection, Direction, ResolvedLevel, Rule, RuleType};
+use crate::kpi::indices::Interruption;
+use crate::model::{DeviceInfo, Timestamp};
+use crate::topology::{FeederKey, METER, Topology};
+
+/// `[locate]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocateConfig {
+    /// Set false to pass every meter's alarm through unchanged.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long a meter's supply-loss condition waits for its neighbours.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle: Duration,
+    /// Share of a transformer's meters that must be dark to blame the transformer (a meter
+    /// that was already broken should not hide a transformer outage).
+    #[serde(default = "default_share")]
+    pub share: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_settle() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_share() -> f64 {
+    0.9
+}
+
+impl Default for LocateConfig {
+    fn default() -> Self {
+        LocateConfig {
+            enabled: true,
+            settle: default_settle(),
+            share: default_share(),
+        }
+    }
+}
+
+/// Rules whose raise on a meter means "this meter lost supply (or went dark)".
+const SUPPLY_RULES: [&str; 2] = ["last_gasp", "comm_loss"];
+
+/// One affected meter of an outage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AffectedMeter {
+    /// Meter id.
+    pub device: String,
+    /// Customers behind it.
+    pub customers: u32,
+    /// Location text.
+    pub location: Option<String>,
+    /// Its own conditions (the alarm's children), e.g. `["comm_loss", "last_gasp"]`.
+    pub conditions: Vec<String>,
+    /// Dark since, ns.
+    pub since: Timestamp,
+}
+
+/// A located outage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outage {
+    /// Stable id within this run.
+    pub id: u64,
+    /// `transformer` or `feeder`.
+    pub element_kind: String,
+    /// Transformer id or `site/feeder`.
+    pub element: String,
+    /// Site.
+    pub site: String,
+    /// Feeder.
+    pub feeder: String,
+    /// Location text of the element, if configured.
+    pub location: Option<String>,
+    /// Affected meters (children), by id.
+    pub meters: Vec<AffectedMeter>,
+    /// Customers affected.
+    pub customers: u64,
+    /// Start (earliest meter), ns.
+    pub since: Timestamp,
+    /// Restored at, ns (None while active).
+    pub restored_at: Option<Timestamp>,
+    /// Suggested first action.
+    pub action: String,
+}
+
+/// What an outage notice says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// A new outage.
+    Started,
+    /// More meters (or it moved up to the feeder).
+    Updated,
+    /// Every meter is back.
+    Restored,
+}
+
+/// A customer outage notice (MQTT `gridwatch/outages/{site}/{feeder}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct OutageNotice {
+    /// What happened.
+    pub event: NoticeKind,
+    /// The outage as it is now.
+    pub outage: Outage,
+}
+
+/// Active and recent outages, shared with the API.
+#[derive(Debug, Default)]
+pub struct OutageBoard {
+    active: BTreeMap<u64, Outage>,
+    recent: VecDeque<Outage>,
+}
+
+impl OutageBoard {
+    /// Active outages, then up to 100 restored ones (newest first).
+    pub fn snapshot(&self) -> (Vec<Outage>, Vec<Outage>) {
+        (
+            self.active.values().cloned().collect(),
+            self.recent.iter().cloned().collect(),
+        )
+    }
+}
+
+#[derive(Debug)]
+struct Dark {
+    since: Timestamp,
+    rules: BTreeSet<String>,
+    held: Vec<Detection>,
+    released: bool,
+    /// Key of the outage it belongs to.
+    outage: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Located {
+    outage: Outage,
+    device: Arc<DeviceInfo>,
+    rule: Arc<Rule>,
+    meters: BTreeSet<String>,
+    total: usize,
+}
+
+/// The localisation stage.
+pub struct Locator {
+    cfg: LocateConfig,
+    topology: Topology,
+    transformer_rule: Arc<Rule>,
+    feeder_rule: Arc<Rule>,
+    dark: BTreeMap<String, Dark>,
+    located: BTreeMap<u64, Located>,
+    next_id: u64,
+    board: Arc<Mutex<OutageBoard>>,
+    notices: Vec<OutageNotice>,
+    interruptions: Vec<Interruption>,
+}
+
+fn located_rule(id: &str, description: &str, action: &str) -> Arc<Rule> {
+    Arc::new(Rule {
+        id: Arc::from(id),
+        rule_type: RuleType::Located,
+        field: String::new(),
+        kinds: None,
+        devices: None,
+        enabled: true,
+        direction: Direction::Above,
+        levels: vec![ResolvedLevel {
+            severity: Severity::Critical,
+            raise: 2.0,
+            clear: 0.5,
+            delay_ns: 0,
+        }],
+        delay_off_ns: 0,
+        window_ns: 0,
+        alpha: 0.0,
+        warmup: 0,
+        min_deviation: 0.0,
+        suppressed_by: Vec::new(),
+        upstream: false,
+        description: description.into(),
+        action: action.into(),
+        unit: "meters".into(),
+    })
+}
+
+impl Locator {
+    /// A locator over `topology`; its board is shared with the API.
+    pub fn new(cfg: &LocateConfig, topology: Topology) -> Self {
+        Locator {
+            cfg: cfg.clone(),
+            topology,
+            transformer_rule: located_rule(
+                "outage_transformer",
+                "Supply lost on a whole transformer (located from its meters)",
+                "check the transformer's HV fuses / LV main breaker and the transformer itself",
+            ),
+            feeder_rule: located_rule(
+                "outage_feeder",
+                "Supply lost on a whole feeder (located from its transformers' meters)",
+                "check the feeder breaker and protection at the substation",
+            ),
+            dark: BTreeMap::new(),
+            located: BTreeMap::new(),
+            next_id: 1,
+            board: Arc::new(Mutex::new(OutageBoard::default())),
+            notices: Vec::new(),
+            interruptions: Vec::new(),
+        }
+    }
+
+    /// Active and recent outages, for the API.
+    pub fn board(&self) -> Arc<Mutex<OutageBoard>> {
+        Arc::clone(&self.board)
+    }
+
+    /// Notices produced since the last call (for MQTT).
+    pub fn take_notices(&mut self) -> Vec<OutageNotice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Interruptions of restored outages since the last call (for the KPIs).
+    pub fn take_interruptions(&mut self) -> Vec<Interruption> {
+        std::mem::take(&mut self.interruptions)
+    }
+
+    fn is_supply(&self, d: &Detection) -> Option<String> {
+        let id = &d.device.id;
+        (d.device.kind == METER
+            && SUPPLY_RULES.contains(&&*d.rule.id)
+            && self.topology.transformer_of(id).is_some())
+        .then(|| id.clone())
+    }
+
+    /// Passes or holds the engine's detections.
+    pub fn process(&mut self, dets: Vec<Detection>) -> Vec<Detection> {
+        if !self.cfg.enabled {
+            return dets;
+        }
+        let mut out = Vec::new();
+        for d in dets {
+            let Some(meter) = self.is_supply(&d) else {
+                out.push(d);
+                continue;
+            };
+            match d.change {
+                Change::Raise | Change::Escalate => {
+                    let e = self.dark.entry(meter.clone()).or_insert_with(|| Dark {
+                        since: d.ts,
+                        rules: BTreeSet::new(),
+                        held: Vec::new(),
+                        released: false,
+                        outage: None,
+                    });
+                    e.since = e.since.min(d.ts);
+                    e.rules.insert(d.rule.id.to_string());
+                    if e.released {
+                        out.push(d);
+                    } else if e.outage.is_none() {
+                        e.held.push(d);
+                    }
+                    // Inside an outage: a child, kept on the board only.
+                }
+                Change::Clear => {
+                    let (ts, rule) = (d.ts, Arc::clone(&d.rule.id));
+                    let Some(e) = self.dark.get_mut(&meter) else {
+                        out.push(d);
+                        continue;
+                    };
+                    e.rules.remove(&*rule);
+                    if e.released {
+                        out.push(d);
+                    } else {
+                        e.held.retain(|h| h.rule.id != rule);
+                    }
+                    if e.rules.is_empty() {
+                        let since = e.since;
+                        let outage = e.outage;
+                        self.dark.remove(&meter);
+                        if let Some(o) = outage
+                            && let Some(l) = self.located.get(&o)
+                        {
+                            let customers = self.topology.get(&meter).map_or(1, |n| n.customers);
+                            self.interruptions.push(Interruption {
+                                device: meter.clone(),
+                                start: since,
+                                end: ts,
+                                customers,
+                                cause: format!("located:{}", l.outage.element),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn meter(&self, id: &str) -> AffectedMeter {
+        let n = self.topology.get(id);
+        let d = self.dark.get(id);
+        AffectedMeter {
+            device: id.to_string(),
+            customers: n.map_or(1, |n| n.customers),
+            location: n.and_then(|n| n.location.clone()),
+            conditions: d
+                .map(|d| d.rules.iter().cloned().collect())
+                .unwrap_or_default(),
+            since: d.map_or(0, |d| d.since),
+        }
+    }
+
+    fn element_device(&self, kind: &str, id: &str, fk: &FeederKey) -> Arc<DeviceInfo> {
+        let n = self.topology.get(id);
+        Arc::new(
+            DeviceInfo {
+                id: id.to_string(),
+                kind: kind.to_string(),
+                site: fk.site.clone(),
+                feeder: fk.feeder.clone(),
+                parent: None,
+                location: n.and_then(|n| n.location.clone()),
+                rated_kva: None,
+                nominal_voltage: None,
+                customers: 0,
+                interval_ns: 1,
+                lp_series: String::new(),
+            }
+            .finish(),
+        )
+    }
+
+    fn detection(l: &Located, change: Change, ts: Timestamp) -> Detection {
+        Detection {
+            device: Arc::clone(&l.device),
+            rule: Arc::clone(&l.rule),
+            change,
+            severity: Severity::Critical,
+            value: l.meters.len() as f64,
+            limit: l.total as f64,
+            ts,
+        }
+    }
+
+    fn publish(&mut self, id: u64, event: NoticeKind) {
+        let Some(l) = self.located.get(&id) else {
+            return;
+        };
+        let mut outage = l.outage.clone();
+        outage.meters = l.meters.iter().map(|m| self.meter(m)).collect();
+        outage.customers = outage.meters.iter().map(|m| u64::from(m.customers)).sum();
+        if let Some(l) = self.located.get_mut(&id) {
+            l.outage = outage.clone();
+        }
+        let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
+        if event == NoticeKind::Restored {
+            board.active.remove(&id);
+            board.recent.push_front(outage.clone());
+            board.recent.truncate(100);
+        } else {
+            board.active.insert(id, outage.clone());
+        }
+        drop(board);
+        self.notices.push(OutageNotice { event, outage });
+    }
+
+    fn open(
+        &mut self,
+        kind: &str,
+        element: &str,
+        fk: &FeederKey,
+        meters: BTreeSet<String>,
+        total: usize,
+        now: Timestamp,
+    ) -> (u64, Detection) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let since = meters
+            .iter()
+            .filter_map(|m| self.dark.get(m).map(|d| d.since))
+            .min()
+            .unwrap_or(now);
+        let rule = if kind == "feeder" {
+            Arc::clone(&self.feeder_rule)
+        } else {
+            Arc::clone(&self.transformer_rule)
+        };
+        let device = self.element_device(kind, element, fk);
+        let l = Located {
+            outage: Outage {
+                id,
+                element_kind: kind.into(),
+                element: element.into(),
+                site: fk.site.clone(),
+                feeder: fk.feeder.clone(),
+                location: device.location.clone(),
+                meters: Vec::new(),
+                customers: 0,
+                since,
+                restored_at: None,
+                action: rule.action.clone(),
+            },
+            device,
+            rule,
+            meters,
+            total,
+        };
+        let d = Self::detection(&l, Change::Raise, since);
+        self.located.insert(id, l);
+        self.absorb(id);
+        self.publish(id, NoticeKind::Started);
+        (id, d)
+    }
+
+    /// Makes the outage's meters its children: their held alarms are dropped.
+    fn absorb(&mut self, id: u64) {
+        let Some(l) = self.located.get(&id) else {
+            return;
+        };
+        for m in &l.meters {
+            if let Some(d) = self.dark.get_mut(m) {
+                d.held.clear();
+                d.outage = Some(id);
+            }
+        }
+    }
+
+    /// Decides held conditions whose settle time is over; clears restored outages.
+    pub fn tick(&mut self, now: Timestamp) -> Vec<Detection> {
+        if !self.cfg.enabled {
+            return Vec::new();
+        }
+        let settle = i64::try_from(self.cfg.settle.as_nanos()).unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+
+        // Restoration first: an outage whose meters are all back clears.
+        let restored: Vec<u64> = self
+            .located
+            .iter()
+            .filter(|(id, _)| !self.dark.values().any(|d| d.outage == Some(**id)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in restored {
+            if let Some(l) = self.located.get_mut(&id) {
+                l.outage.restored_at = Some(now);
+            }
+            self.publish(id, NoticeKind::Restored);
+            if let Some(l) = self.located.remove(&id) {
+                out.push(Self::detection(&l, Change::Clear, now));
+            }
+        }
+
+        // Meters under an active outage's element that went dark later join it.
+        let joins: Vec<(String, u64)> = self
+            .dark
+            .iter()
+            .filter(|(_, d)| d.outage.is_none() && !d.released)
+            .filter_map(|(m, _)| {
+                let tx = self.topology.transformer_of(m)?;
+                let fk = self.topology.feeder_of(tx)?;
+                self.located
+                    .iter()
+                    .find(|(_, l)| {
+                        l.outage.element == tx
+                            || (l.outage.element_kind == "feeder"
+                                && l.outage.site == fk.site
+                                && l.outage.feeder == fk.feeder)
+                    })
+                    .map(|(id, _)| (m.clone(), *id))
+            })
+            .collect();
+        let mut grown = BTreeSet::new();
+        for (m, id) in joins {
+            if let Some(l) = self.located.get_mut(&id) {
+                l.meters.insert(m);
+                grown.insert(id);
+            }
+        }
+        for id in &grown {
+            self.absorb(*id);
+            self.publish(*id, NoticeKind::Updated);
+        }
+
+        // Group the settled, undecided dark meters by transformer.
+        let mut by_tx: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut due: BTreeSet<String> = BTreeSet::new();
+        for (m, d) in &self.dark {
+            if d.released || d.outage.is_some() {
+                continue;
+            }
+            if let Some(tx) = self.topology.transformer_of(m) {
+                by_tx.entry(tx.to_string()).or_default().insert(m.clone());
+                if now - d.since >= settle {
+                    due.insert(tx.to_string());
+                }
+            }
+        }
+        let mut out_tx: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
+        for tx in &due {
+            let dark = by_tx.get(tx).cloned().unwrap_or_default();
+            let total = self.topology.meters_under(tx).len();
+            let needed = ((self.cfg.share * total as f64).ceil() as usize).max(2);
+            if dark.len() >= needed {
+                out_tx.insert(tx.clone(), (dark, total));
+            } else {
+                // Not a transformer outage: the meters' own alarms go out.
+                for m in &dark {
+                    if let Some(d) = self.dark.get_mut(m)
+                        && now - d.since >= settle
+                    {
+                        d.released = true;
+                        out.append(&mut d.held);
+                    }
+                }
+            }
+        }
+
+        // Roll transformers up to their feeder when every transformer of it is out.
+        let mut feeders: BTreeMap<FeederKey, Vec<String>> = BTreeMap::new();
+        for tx in out_tx.keys() {
+            if let Some(fk) = self.topology.feeder_of(tx) {
+                feeders.entry(fk).or_default().push(tx.clone());
+            }
+        }
+        for (fk, txs) in feeders {
+            let all: Vec<String> = self
+                .topology
+                .transformers_on(&fk)
+                .iter()
+                .map(|n| n.id.clone())
+                .collect();
+            let located_tx: Vec<u64> = self
+                .located
+                .iter()
+                .filter(|(_, l)| {
+                    l.outage.element_kind == "transformer" && all.contains(&l.outage.element)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            let covered = all
+                .iter()
+                .all(|t| txs.contains(t) || self.located.values().any(|l| &l.outage.element == t));
+            if all.len() >= 2 && covered {
+                let mut meters: BTreeSet<String> = BTreeSet::new();
+                let mut total = 0;
+                for t in &all {
+                    total += self.topology.meters_under(t).len();
+                    if let Some((m, _)) = out_tx.remove(t) {
+                        meters.extend(m);
+                    }
+                }
+                // The outage moved up: the transformer alarms clear into the feeder's.
+                for id in located_tx {
+                    if let Some(l) = self.located.remove(&id) {
+                        meters.extend(l.meters.iter().cloned());
+                        let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
+                        board.active.remove(&id);
+                        drop(board);
+                        out.push(Self::detection(&l, Change::Clear, now));
+                    }
+                }
+                let element = format!("{}/{}", fk.site, fk.feeder);
+                let (_, d) = self.open("feeder", &element, &fk, meters, total, now);
+                out.push(d);
+            }
+        }
+        for (tx, (meters, total)) in out_tx {
+            let Some(fk) = self.topology.feeder_of(&tx) else {
+                continue;
+            };
+            let (_, d) = self.open("transformer", &tx, &fk, meters, total, now);
+            out.push(d);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
