@@ -27,6 +27,9 @@ pub struct MqttNotifyConfig {
     /// Topic prefix; alerts go to `{prefix}/{site}/{device}/{rule}`.
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
+    /// Customer outage notices go to `{outage_prefix}/{site}/{feeder}`.
+    #[serde(default = "default_outage_prefix")]
+    pub outage_prefix: String,
     /// MQTT client id.
     #[serde(default = "default_client_id")]
     pub client_id: String,
@@ -43,6 +46,9 @@ pub struct MqttNotifyConfig {
 
 fn default_prefix() -> String {
     "gridwatch/alerts".into()
+}
+fn default_outage_prefix() -> String {
+    "gridwatch/outages".into()
 }
 fn default_client_id() -> String {
     "gridwatch-alerts".into()

@@ -45,6 +45,7 @@ pub fn alert_topic(prefix: &str, site: &str, device: &str, rule: &str) -> String
 pub struct AlertPublisher {
     client: AsyncClient,
     prefix: String,
+    outage_prefix: String,
     task: JoinHandle<()>,
     sent: Arc<AtomicU64>,
     acked: Arc<AtomicU64>,
@@ -108,6 +109,7 @@ impl AlertPublisher {
         AlertPublisher {
             client,
             prefix: cfg.topic_prefix.clone(),
+            outage_prefix: cfg.outage_prefix.clone(),
             task,
             sent,
             acked,
@@ -146,11 +148,13 @@ impl AlertPublisher {
         }
     }
 
-    /// Publishes a customer outage notice on `gridwatch/outages/{site}/{feeder}` (QoS 1,
-    /// not retained: each notice is an event a customer-service system acts on).
+    /// Publishes a customer outage notice on `{outage_prefix}/{site}/{feeder}` (default
+    /// `gridwatch/outages/...`; QoS 1, not retained: each notice is an event a
+    /// customer-service system acts on).
     pub async fn publish_outage(&self, n: &crate::detect::locate::OutageNotice) {
         let topic = format!(
-            "gridwatch/outages/{}/{}",
+            "{}/{}/{}",
+            self.outage_prefix,
             topic_segment(&n.outage.site),
             topic_segment(&n.outage.feeder)
         );
