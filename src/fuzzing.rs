@@ -261,30 +261,13 @@ pub fn config_text(data: &[u8]) {
 /// the cap), one per thread because ingest keeps per-device state between messages.
 fn mqtt_ingest() -> crate::sources::mqtt::Ingest {
     use crate::config::{
-        FieldMapping, MqttConfig, PayloadFormat, SubscriptionConfig, TimestampConfig,
-        TimestampFormat,
+        FieldMapping, MqttConfig, PayloadFormat, SubscriptionConfig, TimestampFormat,
     };
     let field = |path: &str, name: &str, equals: Option<&str>| FieldMapping {
-        path: path.into(),
-        name: name.into(),
-        scale: 1.0,
-        unit: None,
         equals: equals.map(Into::into),
+        ..FieldMapping::new(path, name)
     };
-    let sub = |pattern: &str, format, fields, ts: TimestampFormat| SubscriptionConfig {
-        pattern: pattern.into(),
-        topic: String::new(),
-        format,
-        kind: "meter".into(),
-        site: String::new(),
-        feeder: String::new(),
-        fields,
-        timestamp: TimestampConfig {
-            path: "ts".into(),
-            format: ts,
-        },
-        expected_interval: Duration::from_secs(1),
-    };
+    let sub = SubscriptionConfig::new;
     let cfg = MqttConfig {
         broker: "127.0.0.1:1883".into(),
         auto_register: true,

@@ -75,6 +75,23 @@ pub struct Node {
     pub location: Option<String>,
 }
 
+impl Node {
+    /// A device with one customer, three-phase, no location and no children yet.
+    pub fn new(id: &str, kind: &str, site: &str, feeder: &str, parent: Option<&str>) -> Node {
+        Node {
+            id: id.into(),
+            kind: kind.into(),
+            site: site.into(),
+            feeder: feeder.into(),
+            parent: parent.map(Into::into),
+            children: Vec::new(),
+            customers: 1,
+            phase: None,
+            location: None,
+        }
+    }
+}
+
 /// A topology problem found by [`Topology::problems`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -340,17 +357,7 @@ mod tests {
     use super::*;
 
     fn node(id: &str, kind: &str, feeder: &str, parent: Option<&str>) -> Node {
-        Node {
-            id: id.into(),
-            kind: kind.into(),
-            site: "S1".into(),
-            feeder: feeder.into(),
-            parent: parent.map(Into::into),
-            children: Vec::new(),
-            customers: 1,
-            phase: None,
-            location: None,
-        }
+        Node::new(id, kind, "S1", feeder, parent)
     }
 
     fn sample() -> Topology {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use gridwatch_sim::{MeterFault, MqttSimConfig, Phase};
 use mqtt_common::METER_FIELDS;
-use tokio_util::sync::CancellationToken;
 
 /// Publish interval of the simulator and `interval` of every declared meter.
 const INTERVAL_MS: u64 = 500;
@@ -115,15 +114,7 @@ fn injected_mqtt_meter_faults_raise_exactly_the_expected_alarms_and_clear() {
         port,
         &data.path().display().to_string(),
     );
-    let loaded = gridwatch::config::load_str(
-        &text,
-        "<test>",
-        std::path::Path::new("."),
-        &gridwatch::config::profile::BUILTIN_PROFILES,
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let shutdown = CancellationToken::new();
-    let daemon = rt.spawn(gridwatch::run(loaded, shutdown.clone()));
+    let daemon = InProcess::start(&rt, &text);
     mqtt_common::wait_mqtt_connected(port, Duration::from_secs(20));
     let sim = rt.block_on(async {
         let sim = gridwatch_sim::start_mqtt(sim_cfg.clone()).unwrap();
@@ -254,7 +245,6 @@ fn injected_mqtt_meter_faults_raise_exactly_the_expected_alarms_and_clear() {
     let after: BTreeSet<Key> = alarms(port).iter().map(key).collect();
     assert_eq!(after, expected.keys().cloned().collect::<BTreeSet<_>>());
 
-    shutdown.cancel();
-    rt.block_on(daemon).unwrap().unwrap();
+    daemon.stop(&rt);
     rt.block_on(sim.shutdown(Duration::from_secs(5)));
 }

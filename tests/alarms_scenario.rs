@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gridwatch_sim::{Fault, ModbusSimConfig, ModbusSimHandle, Phase, UnitInfo, UnitKind};
-use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "crew-secret";
 
@@ -230,15 +229,7 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
         &prefix,
         &hook_url,
     );
-    let loaded = gridwatch::config::load_str(
-        &text,
-        "<test>",
-        std::path::Path::new("."),
-        &gridwatch::config::profile::BUILTIN_PROFILES,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let shutdown = CancellationToken::new();
-    let daemon = rt.spawn(gridwatch::run(loaded, shutdown.clone()));
+    let daemon = InProcess::start(&rt, &text);
 
     // Normal operation first: nothing raised.
     wait_for("api", Duration::from_secs(10), || {
@@ -409,8 +400,7 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 
-    shutdown.cancel();
-    rt.block_on(daemon).unwrap().unwrap();
+    daemon.stop(&rt);
     // Alarm raises and clears reached the telemetry store (file sink here).
     let mut lp = String::new();
     for e in std::fs::read_dir(data.path().join("telemetry")).unwrap() {

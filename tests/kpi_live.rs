@@ -27,12 +27,7 @@ fn kpi_points_in_the_store_equal_the_api_figures() {
             "interval = \"500ms\"\n",
             "interval = \"500ms\"\nnominal_voltage = 230.0\n",
         );
-    let port: u16 = config
-        .lines()
-        .find(|l| l.starts_with("http_listen"))
-        .and_then(|l| l.rsplit(':').next())
-        .map(|p| p.trim_end_matches('"').parse().unwrap())
-        .unwrap();
+    let port = http_port_of(&config);
     let dir = Daemon::temp_dir();
     let path = dir.path().join("gridwatch.toml");
     std::fs::write(&path, &config).unwrap();

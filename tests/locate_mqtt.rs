@@ -17,7 +17,6 @@ use common::*;
 use gridwatch_sim::{MeterFault, MqttSimConfig};
 use mqtt_common::METER_FIELDS;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-use tokio_util::sync::CancellationToken;
 
 const INTERVAL_MS: u64 = 500;
 
@@ -165,15 +164,7 @@ fn a_tripped_transformer_and_a_tripped_feeder_are_each_one_located_alarm() {
         port,
         &data.path().display().to_string(),
     );
-    let loaded = gridwatch::config::load_str(
-        &text,
-        "<test>",
-        std::path::Path::new("."),
-        &gridwatch::config::profile::BUILTIN_PROFILES,
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let shutdown = CancellationToken::new();
-    let daemon = rt.spawn(gridwatch::run(loaded, shutdown.clone()));
+    let daemon = InProcess::start(&rt, &text);
     mqtt_common::wait_mqtt_connected(port, Duration::from_secs(20));
     let sim = rt.block_on(async {
         let sim = gridwatch_sim::start_mqtt(sim_cfg.clone()).unwrap();
@@ -298,7 +289,6 @@ fn a_tripped_transformer_and_a_tripped_feeder_are_each_one_located_alarm() {
         active_alarms(port).is_empty().then_some(())
     });
 
-    shutdown.cancel();
-    rt.block_on(daemon).unwrap().unwrap();
+    daemon.stop(&rt);
     rt.block_on(sim.shutdown(Duration::from_secs(5)));
 }

@@ -4,10 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use gridwatch::config::{
-    FieldMapping, MqttConfig, PayloadFormat, SubscriptionConfig, TimestampConfig, TimestampFormat,
+    FieldMapping, MqttConfig, PayloadFormat, SubscriptionConfig, TimestampFormat,
 };
 use gridwatch::metrics::Registry;
 use gridwatch::registry::DeviceRegistry;
@@ -16,30 +15,11 @@ use gridwatch::status::StatusBoard;
 use proptest::prelude::*;
 
 fn field(path: &str, name: &str) -> FieldMapping {
-    FieldMapping {
-        path: path.into(),
-        name: name.into(),
-        scale: 1.0,
-        unit: None,
-        equals: None,
-    }
+    FieldMapping::new(path, name)
 }
 
 fn sub(pattern: &str, format: PayloadFormat, fields: Vec<FieldMapping>) -> SubscriptionConfig {
-    SubscriptionConfig {
-        pattern: pattern.into(),
-        topic: String::new(),
-        format,
-        kind: "meter".into(),
-        site: String::new(),
-        feeder: String::new(),
-        fields,
-        timestamp: TimestampConfig {
-            path: "ts".into(),
-            format: TimestampFormat::S,
-        },
-        expected_interval: Duration::from_secs(1),
-    }
+    SubscriptionConfig::new(pattern, format, fields, TimestampFormat::S)
 }
 
 fn ingest(auto_register: bool) -> (Ingest, Arc<Registry>) {

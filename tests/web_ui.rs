@@ -57,12 +57,7 @@ fn operators_see_the_fleet_and_alarms_live_and_viewers_cannot_acknowledge() {
             "interval = \"500ms\"\nnominal_voltage = 230.0\n",
         )
         + "\n[history]\nresolution = \"500ms\"\n";
-    let port: u16 = config
-        .lines()
-        .find(|l| l.starts_with("http_listen"))
-        .and_then(|l| l.rsplit(':').next())
-        .map(|p| p.trim_end_matches('"').parse().unwrap())
-        .unwrap();
+    let port = http_port_of(&config);
     let base = format!("http://127.0.0.1:{port}");
     let dir = Daemon::temp_dir();
     let path = dir.path().join("gridwatch.toml");

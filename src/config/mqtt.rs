@@ -174,6 +174,19 @@ pub struct FieldMapping {
     pub equals: Option<String>,
 }
 
+impl FieldMapping {
+    /// `path` → `name`, unscaled, no unit, not an event flag.
+    pub fn new(path: &str, name: &str) -> Self {
+        FieldMapping {
+            path: path.into(),
+            name: name.into(),
+            scale: 1.0,
+            unit: None,
+            equals: None,
+        }
+    }
+}
+
 /// `[[mqtt.subscriptions]]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -209,6 +222,32 @@ pub struct SubscriptionConfig {
     /// `offline_after` × this shows `offline`. Declared devices use their own `interval`.
     #[serde(default = "default_expected_interval", with = "humantime_serde")]
     pub expected_interval: Duration,
+}
+
+impl SubscriptionConfig {
+    /// A `meter` subscription on `pattern` with the timestamp at `ts` in `format`, no
+    /// site/feeder defaults, a 1 s expected interval.
+    pub fn new(
+        pattern: &str,
+        format: PayloadFormat,
+        fields: Vec<FieldMapping>,
+        ts_format: TimestampFormat,
+    ) -> Self {
+        SubscriptionConfig {
+            pattern: pattern.into(),
+            topic: String::new(),
+            format,
+            kind: "meter".into(),
+            site: String::new(),
+            feeder: String::new(),
+            fields,
+            timestamp: TimestampConfig {
+                path: "ts".into(),
+                format: ts_format,
+            },
+            expected_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 fn default_client_id() -> String {

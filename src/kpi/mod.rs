@@ -193,16 +193,11 @@ impl KpiEngine {
     pub fn on_reading(&mut self, r: &Reading) {
         if !self.devices.contains_key(&r.device.id) {
             if self.topology.get(&r.device.id).is_none() {
+                let d = &r.device;
                 self.topology.insert(Node {
-                    id: r.device.id.clone(),
-                    kind: r.device.kind.clone(),
-                    site: r.device.site.clone(),
-                    feeder: r.device.feeder.clone(),
-                    parent: r.device.parent.clone(),
-                    children: Vec::new(),
-                    customers: r.device.customers,
-                    phase: None,
-                    location: r.device.location.clone(),
+                    customers: d.customers,
+                    location: d.location.clone(),
+                    ..Node::new(&d.id, &d.kind, &d.site, &d.feeder, d.parent.as_deref())
                 });
             }
             self.devices.insert(

@@ -172,16 +172,8 @@ fn transformer_loading_uses_the_hot_spot_it_measures() {
 #[test]
 fn scopes_resolve_through_the_topology() {
     let mut t = Topology::default();
-    let node = |id: &str, kind: &str, feeder: &str, parent: Option<&str>| Node {
-        id: id.into(),
-        kind: kind.into(),
-        site: "S7".into(),
-        feeder: feeder.into(),
-        parent: parent.map(Into::into),
-        children: Vec::new(),
-        customers: 1,
-        phase: None,
-        location: None,
+    let node = |id: &str, kind: &str, feeder: &str, parent: Option<&str>| {
+        Node::new(id, kind, "S7", feeder, parent)
     };
     t.insert(node("T1", TRANSFORMER, "F1", None));
     t.insert(node("M1", METER, "F1", Some("T1")));

@@ -599,3 +599,42 @@ impl Drop for Daemon {
         self.kill();
     }
 }
+
+/// The daemon running inside the test process on `rt` (for tests that need its config
+/// built in code); stop it with [`InProcess::stop`].
+pub struct InProcess {
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), gridwatch::DaemonError>>,
+}
+
+impl InProcess {
+    /// Loads `text` as a config (panicking with the errors and the text) and runs it.
+    pub fn start(rt: &tokio::runtime::Runtime, text: &str) -> InProcess {
+        let loaded = gridwatch::config::load_str(
+            text,
+            "<test>",
+            Path::new("."),
+            &gridwatch::config::profile::BUILTIN_PROFILES,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = rt.spawn(gridwatch::run(loaded, shutdown.clone()));
+        InProcess { shutdown, task }
+    }
+
+    /// Shuts it down (as on SIGTERM) and checks it stopped cleanly.
+    pub fn stop(self, rt: &tokio::runtime::Runtime) {
+        self.shutdown.cancel();
+        rt.block_on(self.task).unwrap().unwrap();
+    }
+}
+
+/// The port of `http_listen = "127.0.0.1:PORT"` in a daemon config text.
+pub fn http_port_of(config: &str) -> u16 {
+    config
+        .lines()
+        .find(|l| l.starts_with("http_listen"))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("no http_listen in\n{config}"))
+}

@@ -9,15 +9,9 @@ const S: i64 = 1_000_000_000;
 fn topology() -> Topology {
     let mut t = Topology::default();
     let node = |id: &str, kind: &str, feeder: &str, parent: Option<&str>, customers| Node {
-        id: id.into(),
-        kind: kind.into(),
-        site: "S1".into(),
-        feeder: feeder.into(),
-        parent: parent.map(Into::into),
-        children: Vec::new(),
         customers,
-        phase: None,
         location: Some(format!("{id} street")),
+        ..Node::new(id, kind, "S1", feeder, parent)
     };
     for (tx, feeder, meters) in [
         ("T1", "F1", vec!["M11", "M12", "M13", "M14"]),

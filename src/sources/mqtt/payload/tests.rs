@@ -1,31 +1,12 @@
 use super::*;
-use crate::config::{FieldMapping, TimestampConfig};
+use crate::config::FieldMapping;
 
 fn field(path: &str, name: &str) -> FieldMapping {
-    FieldMapping {
-        path: path.into(),
-        name: name.into(),
-        scale: 1.0,
-        unit: None,
-        equals: None,
-    }
+    FieldMapping::new(path, name)
 }
 
 fn sub(format: PayloadFormat, fields: Vec<FieldMapping>, ts: TimestampFormat) -> Mapping {
-    let cfg = SubscriptionConfig {
-        pattern: "m/{device}".into(),
-        topic: String::new(),
-        format,
-        kind: "meter".into(),
-        site: String::new(),
-        feeder: String::new(),
-        fields,
-        timestamp: TimestampConfig {
-            path: "ts".into(),
-            format: ts,
-        },
-        expected_interval: std::time::Duration::from_secs(1),
-    };
+    let cfg = SubscriptionConfig::new("m/{device}", format, fields, ts);
     Mapping::new(&cfg, 4096)
 }
 
