@@ -186,7 +186,7 @@ fn reference_and_demo_configs_load_with_their_mqtt_sections() {
     .unwrap_or_else(|e| panic!("{e}"));
     let mqtt = loaded.config.mqtt.as_ref().unwrap();
     assert_eq!(mqtt.subscriptions.len(), 2);
-    assert_eq!(mqtt.subscriptions[0].fields.len(), 12);
+    assert_eq!(mqtt.subscriptions[0].fields.len(), 13);
     assert!(!mqtt.clean_session);
     assert!(
         loaded
