@@ -266,7 +266,8 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
     let expected: BTreeMap<Key, Duration> = [
         (k("TX-0001", "oil_temp_high", "critical"), 20),
         (k("TX-0001", "winding_temp_high", "warning"), 20),
-        (k("TX-0002", "phase_loss", "critical"), 15),
+        // The transformer's phase loss, located on the phase (fault localisation).
+        (k("TX-0002", "lv_phase_loss_b", "critical"), 15),
         (k("TX-0003", "voltage_low", "warning"), 20),
         (k("TX-0004", "transformer_overload", "warning"), 75),
         (k("MT-0005", "comm_loss", "warning"), 35),
@@ -329,13 +330,16 @@ fn injected_faults_raise_exactly_the_expected_alarms_and_clear() {
         let msgs = mqtt_msgs.lock().unwrap();
         let (_, p) = msgs
             .iter()
-            .find(|(t, _)| *t == topic("TX-0002", "phase_loss"))
+            .find(|(t, _)| *t == topic("TX-0002", "lv_phase_loss_b"))
             .unwrap();
         let m: serde_json::Value = serde_json::from_slice(p).unwrap();
         assert_eq!(m["severity"], "critical");
         assert_eq!(m["feeder"], "F1");
         assert_eq!(m["location"], "pole 2");
-        assert!(m["action"].as_str().unwrap().contains("fuses"), "{m}");
+        assert!(
+            m["action"].as_str().unwrap().contains("fuse phase B"),
+            "{m}"
+        );
         assert_eq!(m["crews"], serde_json::json!(["north", "standby"]));
         assert!(m["reading_ts_ns"].as_i64().unwrap() <= m["published_ts_ns"].as_i64().unwrap());
         assert!(

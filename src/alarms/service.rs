@@ -227,6 +227,7 @@ pub async fn run_rules(
                 let Some(r) = maybe else { break };
                 let mut d = engine.on_reading(&r);
                 if let Some(l) = locate.as_mut() {
+                    l.locator.observe(&r);
                     d = l.locator.process(d);
                 }
                 service.apply(&d);

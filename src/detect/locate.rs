@@ -14,6 +14,9 @@
 //! - otherwise the meters' own alarms go out as they are (one meter: its service drop or
 //!   the meter itself).
 //!
+//! A transformer monitor's `phase_loss` becomes `lv_phase_loss_a`/`_b`/`_c`: the phase
+//! that is gone (from its last reading), so the crew knows which LV fuse to check.
+//!
 //! The meters' conditions are kept as the outage's children ([`OutageBoard`], served at
 //! `/api/v1/outages`) and never reach the alarm state machine, so crews get one alert,
 //! not a storm. When every meter is back the located alarm clears, a `restored` notice
@@ -29,7 +32,7 @@ use super::config::Severity;
 use super::{Change, Detection, Direction, ResolvedLevel, Rule, RuleType};
 use crate::kpi::indices::Interruption;
 use crate::model::{DeviceInfo, Timestamp};
-use crate::topology::{FeederKey, METER, Topology};
+use crate::topology::{FeederKey, METER, Phase, TRANSFORMER, Topology};
 
 /// `[locate]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -175,6 +178,11 @@ pub struct Locator {
     topology: Topology,
     transformer_rule: Arc<Rule>,
     feeder_rule: Arc<Rule>,
+    phase_rules: [Arc<Rule>; 3],
+    /// Last phase voltages and nominal of each transformer.
+    voltages: std::collections::HashMap<String, ([Option<f64>; 3], f64)>,
+    /// Phase rules a transformer's `phase_loss` was turned into.
+    phase_raised: std::collections::HashMap<String, Vec<Arc<Rule>>>,
     dark: BTreeMap<String, Dark>,
     located: BTreeMap<u64, Located>,
     next_id: u64,
@@ -227,6 +235,18 @@ impl Locator {
                 "Supply lost on a whole feeder (located from its transformers' meters)",
                 "check the feeder breaker and protection at the substation",
             ),
+            phase_rules: Phase::ALL.map(|p| {
+                let up = p.letter().to_uppercase();
+                located_rule(
+                    &format!("lv_phase_loss_{}", p.letter()),
+                    &format!("Phase {up} lost on the transformer's LV side"),
+                    &format!(
+                        "check LV fuse phase {up} at the transformer and the phase-{up} conductor"
+                    ),
+                )
+            }),
+            voltages: std::collections::HashMap::new(),
+            phase_raised: std::collections::HashMap::new(),
             dark: BTreeMap::new(),
             located: BTreeMap::new(),
             next_id: 1,
@@ -259,6 +279,54 @@ impl Locator {
         .then(|| id.clone())
     }
 
+    /// Remembers a transformer's phase voltages (call before [`process`](Self::process)
+    /// with the detections of the same reading).
+    pub fn observe(&mut self, r: &crate::model::Reading) {
+        if r.device.kind != TRANSFORMER {
+            return;
+        }
+        let Some(nominal) = r.device.nominal_voltage else {
+            return;
+        };
+        let v = ["voltage_a", "voltage_b", "voltage_c"].map(|f| r.get(f));
+        self.voltages.insert(r.device.id.clone(), (v, nominal));
+    }
+
+    /// A transformer's `phase_loss` as the lost phase's own alarm(s).
+    fn by_phase(&mut self, d: Detection) -> Vec<Detection> {
+        let id = d.device.id.clone();
+        let rules = match d.change {
+            Change::Raise => {
+                let lost: Vec<Arc<Rule>> = match self.voltages.get(&id) {
+                    Some((v, n)) => Phase::ALL
+                        .iter()
+                        .zip(v)
+                        .filter(|(_, x)| x.is_some_and(|x| x < super::derived::LOST_PHASE_PU * n))
+                        .map(|(p, _)| Arc::clone(&self.phase_rules[*p as usize]))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                if lost.is_empty() {
+                    return vec![d];
+                }
+                self.phase_raised.insert(id, lost.clone());
+                lost
+            }
+            Change::Escalate => match self.phase_raised.get(&id) {
+                Some(r) => r.clone(),
+                None => return vec![d],
+            },
+            Change::Clear => match self.phase_raised.remove(&id) {
+                Some(r) => r,
+                None => return vec![d],
+            },
+        };
+        rules
+            .into_iter()
+            .map(|rule| Detection { rule, ..d.clone() })
+            .collect()
+    }
+
     /// Passes or holds the engine's detections.
     pub fn process(&mut self, dets: Vec<Detection>) -> Vec<Detection> {
         if !self.cfg.enabled {
@@ -266,6 +334,10 @@ impl Locator {
         }
         let mut out = Vec::new();
         for d in dets {
+            if d.device.kind == TRANSFORMER && &*d.rule.id == "phase_loss" {
+                out.extend(self.by_phase(d));
+                continue;
+            }
             let Some(meter) = self.is_supply(&d) else {
                 out.push(d);
                 continue;

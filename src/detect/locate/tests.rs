@@ -232,3 +232,53 @@ fn other_alarms_pass_untouched_and_localisation_can_be_off() {
         4
     );
 }
+
+#[test]
+fn a_transformer_phase_loss_names_the_lost_phase() {
+    use crate::model::{FieldDef, Quality, Reading, Schema};
+    let t = topology();
+    let mut l = locator();
+    let d = det(&t, "T1", "phase_loss", Change::Raise, 5 * S);
+    let values = [
+        ("voltage_a", 231.0),
+        ("voltage_b", 0.8),
+        ("voltage_c", 229.0),
+    ];
+    l.observe(&Reading {
+        device: Arc::clone(&d.device),
+        ts: 5 * S,
+        schema: Arc::new(Schema {
+            fields: values
+                .iter()
+                .map(|(n, _)| FieldDef::new(*n, None))
+                .collect(),
+        }),
+        values: values
+            .iter()
+            .enumerate()
+            .map(|(i, (_, v))| (i as u16, *v))
+            .collect(),
+        quality: Quality::Good,
+    });
+    let out = l.process(vec![d]);
+    assert_eq!(
+        keys(&out),
+        [("T1".into(), "lv_phase_loss_b".into(), Change::Raise)]
+    );
+    assert!(
+        out[0].rule.action.contains("phase B"),
+        "{}",
+        out[0].rule.action
+    );
+    let out = l.process(vec![det(&t, "T1", "phase_loss", Change::Clear, 9 * S)]);
+    assert_eq!(
+        keys(&out),
+        [("T1".into(), "lv_phase_loss_b".into(), Change::Clear)]
+    );
+    // A meter's own phase loss is not renamed.
+    let out = l.process(vec![det(&t, "M11", "phase_loss", Change::Raise, 9 * S)]);
+    assert_eq!(
+        keys(&out),
+        [("M11".into(), "phase_loss".into(), Change::Raise)]
+    );
+}
