@@ -359,6 +359,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     // batcher stops waiting for lines.
     drop(lines_tx);
     let mut outage_board = None;
+    let mut planner = None;
     let (alarm_service, notify_task, notify_stop, tee_task) = match alarm_stage {
         Some(stage) => {
             let (outage_tx, outage_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -368,6 +369,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
                     topology::Topology::from_devices(&cfg.devices),
                 );
                 outage_board = Some(locator.board());
+                planner = Some((locator.board(), outage_tx.clone()));
                 alarms::service::Localisation {
                     locator,
                     notices: Some(outage_tx),
@@ -448,6 +450,16 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         background_cancel.clone(),
     ));
     background.spawn(Arc::clone(&eventlog).run_purge(background_cancel.clone()));
+    if let Some((board, notices)) = planner {
+        background.spawn(detect::locate::run_planner(
+            Arc::clone(&eventlog),
+            topology::Topology::from_devices(&cfg.devices),
+            cfg.locate.clone(),
+            board,
+            notices,
+            background_cancel.clone(),
+        ));
+    }
     background.close();
 
     let state = api::AppState {

@@ -382,8 +382,11 @@ async fn store_case(bad: u8, name: &str) {
         assert_eq!(code, 503, "{name}: {body}");
         assert!(body.contains("store failing"), "{body}");
     }
+    // Bounded, not growing: the slow store holds each request 5 s while the writer gives up
+    // after its 1 s timeout and retries with backoff, so at most 5 s / 1 s + 1 requests can
+    // still be held by the server at once; a leak would grow with the run.
     let max_open = conns.max_open.load(Ordering::SeqCst);
-    assert!(max_open <= 3, "{name}: {max_open} connections open at once");
+    assert!(max_open <= 6, "{name}: {max_open} connections open at once");
     // The store recovers: what was spooled arrives and /readyz turns 200.
     mode.store(STORE_OK, Ordering::SeqCst);
     let mut ready = (0, String::new());

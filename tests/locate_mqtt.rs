@@ -62,6 +62,8 @@ client_id = "{prefix}-alerts"
 
 [locate]
 settle = "3s"
+planned_notice_ahead = "90m"
+planned_check = "500ms"
 "#
     );
     // The transformers are only topology here (no monitor reports): a long interval keeps
@@ -288,6 +290,69 @@ fn a_tripped_transformer_and_a_tripped_feeder_are_each_one_located_alarm() {
     wait_for("feeder restored", Duration::from_secs(20), || {
         active_alarms(port).is_empty().then_some(())
     });
+
+    // 3. Planned work on T3 (feeder F2) in one hour: its customers get a notice now (90 min
+    // ahead); work in three hours gets none yet; the API lists the planned outage.
+    let at = |mins: u64| {
+        let t = std::time::SystemTime::now() + Duration::from_secs(mins * 60);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    let t3 = format!("{prefix}-T3");
+    for (title, start, end) in [
+        ("replace T3 LV board", 60, 180),
+        ("paint T3 kiosk", 180, 240),
+    ] {
+        let status = http()
+            .post(format!("http://127.0.0.1:{port}/api/v1/work-orders"))
+            .json(&serde_json::json!({
+                "device": t3, "title": title,
+                "scheduled_start": at(start), "scheduled_end": at(end),
+            }))
+            .send()
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "{status}");
+    }
+    let planned = wait_for("the planned notice", Duration::from_secs(10), || {
+        notices(&outages)
+            .into_iter()
+            .find(|(_, n)| n["event"] == "planned")
+    });
+    assert_eq!(planned.0, format!("{prefix}/outages/Sim/F2"));
+    let o = &planned.1["outage"];
+    assert_eq!(o["element"], t3.as_str());
+    assert_eq!(o["action"], "replace T3 LV board");
+    assert_eq!(o["customers"], 7 + 8);
+    assert_eq!(o["meters"].as_array().unwrap().len(), 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let n_planned = notices(&outages)
+        .iter()
+        .filter(|(_, n)| n["event"] == "planned")
+        .count();
+    assert_eq!(
+        n_planned, 1,
+        "one notice, once; the later work is not due yet"
+    );
+    let board: serde_json::Value = http()
+        .get(format!("http://127.0.0.1:{port}/api/v1/outages"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(board["planned"].as_array().unwrap().len(), 1, "{board}");
+    assert!(
+        board["planned"][0]["planned_work_order"].is_number(),
+        "{board}"
+    );
+    // A window must be a window.
+    let bad = http()
+        .post(format!("http://127.0.0.1:{port}/api/v1/work-orders"))
+        .json(&serde_json::json!({
+            "device": t3, "title": "x", "scheduled_start": at(60), "scheduled_end": at(30),
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
 
     daemon.stop(&rt);
     rt.block_on(sim.shutdown(Duration::from_secs(5)));

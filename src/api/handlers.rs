@@ -892,6 +892,12 @@ pub async fn outages(State(s): State<AppState>) -> Result<Response, ApiError> {
             "fault localisation is off ([alarms] or [locate] disabled)".into(),
         ));
     };
-    let (active, recent) = board.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
-    Ok(Json(serde_json::json!({ "active": active, "recent": recent })).into_response())
+    let b = board.lock().unwrap_or_else(|e| e.into_inner());
+    let (active, recent) = b.snapshot();
+    let planned = b.planned();
+    drop(b);
+    Ok(
+        Json(serde_json::json!({ "active": active, "planned": planned, "recent": recent }))
+            .into_response(),
+    )
 }

@@ -48,6 +48,20 @@ pub struct LocateConfig {
     /// that was already broken should not hide a transformer outage).
     #[serde(default = "default_share")]
     pub share: f64,
+    /// Planned work (a work order with a scheduled window): how long before the window the
+    /// customer notice is published.
+    #[serde(default = "default_ahead", with = "humantime_serde")]
+    pub planned_notice_ahead: Duration,
+    /// How often work orders are checked for due notices.
+    #[serde(default = "default_check", with = "humantime_serde")]
+    pub planned_check: Duration,
+}
+
+fn default_ahead() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_check() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_true() -> bool {
@@ -66,6 +80,8 @@ impl Default for LocateConfig {
             enabled: true,
             settle: default_settle(),
             share: default_share(),
+            planned_notice_ahead: default_ahead(),
+            planned_check: default_check(),
         }
     }
 }
@@ -113,6 +129,10 @@ pub struct Outage {
     pub restored_at: Option<Timestamp>,
     /// Suggested first action.
     pub action: String,
+    /// The work order whose scheduled window this outage falls in (planned, not a fault).
+    pub planned_work_order: Option<i64>,
+    /// End of the planned window, ns.
+    pub planned_until: Option<Timestamp>,
 }
 
 /// What an outage notice says happened.
@@ -125,6 +145,8 @@ pub enum NoticeKind {
     Updated,
     /// Every meter is back.
     Restored,
+    /// Planned work ahead: these customers will be without supply in the window.
+    Planned,
 }
 
 /// A customer outage notice (MQTT `gridwatch/outages/{site}/{feeder}`).
@@ -141,6 +163,9 @@ pub struct OutageNotice {
 pub struct OutageBoard {
     active: BTreeMap<u64, Outage>,
     recent: VecDeque<Outage>,
+    planned: Vec<Outage>,
+    /// Windows of open planned work: (work order, device, start, end).
+    windows: Vec<(i64, String, Timestamp, Timestamp)>,
 }
 
 impl OutageBoard {
@@ -150,6 +175,11 @@ impl OutageBoard {
             self.active.values().cloned().collect(),
             self.recent.iter().cloned().collect(),
         )
+    }
+
+    /// Planned outages whose notice went out and whose window has not ended.
+    pub fn planned(&self) -> Vec<Outage> {
+        self.planned.clone()
     }
 }
 
@@ -485,6 +515,23 @@ impl Locator {
             Arc::clone(&self.transformer_rule)
         };
         let device = self.element_device(kind, element, fk);
+        // Inside the window of planned work on this element (or above its meters)?
+        let planned = {
+            let board = self.board.lock().unwrap_or_else(|e| e.into_inner());
+            board
+                .windows
+                .iter()
+                .find(|(_, dev, start, end)| {
+                    (*start..*end).contains(&now)
+                        && (dev == element
+                            || self
+                                .topology
+                                .meters_under(dev)
+                                .iter()
+                                .any(|m| meters.contains(&m.id)))
+                })
+                .map(|(wo, _, _, end)| (*wo, *end))
+        };
         let l = Located {
             outage: Outage {
                 id,
@@ -498,6 +545,8 @@ impl Locator {
                 since,
                 restored_at: None,
                 action: rule.action.clone(),
+                planned_work_order: planned.map(|p| p.0),
+                planned_until: planned.map(|p| p.1),
             },
             device,
             rule,
@@ -676,3 +725,108 @@ impl Locator {
 
 #[cfg(test)]
 mod tests;
+
+/// The customer notice for planned work `wo`: every meter below its device.
+pub fn planned_notice(
+    topology: &Topology,
+    wo: &crate::eventlog::records::WorkOrder,
+) -> Option<OutageNotice> {
+    let (start, end) = (wo.scheduled_start?, wo.scheduled_end?);
+    let node = topology.get(&wo.device)?;
+    let meters: Vec<AffectedMeter> = topology
+        .meters_under(&wo.device)
+        .into_iter()
+        .map(|m| AffectedMeter {
+            device: m.id.clone(),
+            customers: m.customers,
+            location: m.location.clone(),
+            conditions: Vec::new(),
+            since: start,
+        })
+        .collect();
+    Some(OutageNotice {
+        event: NoticeKind::Planned,
+        outage: Outage {
+            id: 0,
+            element_kind: node.kind.clone(),
+            element: node.id.clone(),
+            site: node.site.clone(),
+            feeder: node.feeder.clone(),
+            location: node.location.clone(),
+            customers: meters.iter().map(|m| u64::from(m.customers)).sum(),
+            meters,
+            since: start,
+            restored_at: None,
+            action: wo.title.clone(),
+            planned_work_order: Some(wo.id),
+            planned_until: Some(end),
+        },
+    })
+}
+
+/// Publishes planned-work notices when they are due (`planned_notice_ahead` before the
+/// window, at once for work scheduled sooner) and keeps the locator's list of open windows
+/// current, every `planned_check`.
+pub async fn run_planner(
+    log: Arc<crate::eventlog::EventLog>,
+    topology: Topology,
+    cfg: LocateConfig,
+    board: Arc<Mutex<OutageBoard>>,
+    notices: tokio::sync::mpsc::UnboundedSender<OutageNotice>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let ahead = i64::try_from(cfg.planned_notice_ahead.as_nanos()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(cfg.planned_check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => break,
+        }
+        let now = crate::model::now_ns();
+        let l = Arc::clone(&log);
+        let found = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::eventlog::EventLogError>((
+                l.planned_notices_due(now, ahead)?,
+                l.planned_windows(now)?,
+            ))
+        })
+        .await;
+        let (due, open) = match found {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read planned work orders");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        {
+            let mut b = board.lock().unwrap_or_else(|e| e.into_inner());
+            b.windows = open
+                .iter()
+                .filter_map(|w| {
+                    Some((w.id, w.device.clone(), w.scheduled_start?, w.scheduled_end?))
+                })
+                .collect();
+            b.planned
+                .retain(|o| o.planned_until.is_some_and(|end| end > now));
+        }
+        for wo in due {
+            let Some(n) = planned_notice(&topology, &wo) else {
+                tracing::warn!(work_order = wo.id, device = %wo.device, "planned work on a device not in the topology; no notice");
+                let _ = log.mark_notice_sent(wo.id, now);
+                continue;
+            };
+            tracing::info!(work_order = wo.id, element = %n.outage.element, customers = n.outage.customers, "planned outage notice");
+            board
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .planned
+                .push(n.outage.clone());
+            let _ = notices.send(n);
+            if let Err(e) = log.mark_notice_sent(wo.id, now) {
+                tracing::warn!(error = %e, work_order = wo.id, "cannot record the planned notice");
+            }
+        }
+    }
+}

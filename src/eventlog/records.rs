@@ -654,6 +654,12 @@ pub struct WorkOrder {
     pub updated_at: Timestamp,
     /// Closed (ns).
     pub closed_at: Option<Timestamp>,
+    /// Planned work: the scheduled outage window, ns.
+    pub scheduled_start: Option<Timestamp>,
+    /// End of the scheduled window, ns.
+    pub scheduled_end: Option<Timestamp>,
+    /// When the customer notice for the planned outage was published, ns.
+    pub notice_sent_at: Option<Timestamp>,
 }
 
 /// Fields of a new work order.
@@ -673,6 +679,42 @@ pub struct NewWorkOrder {
     /// Assign at once to this user.
     #[serde(default)]
     pub assignee: Option<String>,
+    /// Planned work: start of the outage window (RFC 3339); customers below `device` get a
+    /// notice ahead of it (`[locate] planned_notice_ahead`).
+    #[serde(default)]
+    pub scheduled_start: Option<String>,
+    /// End of the window (RFC 3339), required with `scheduled_start`.
+    #[serde(default)]
+    pub scheduled_end: Option<String>,
+}
+
+impl NewWorkOrder {
+    /// The scheduled window in ns, validated: both or neither, end after start.
+    fn window(&self) -> Result<(Option<Timestamp>, Option<Timestamp>), EventLogError> {
+        let parse = |name: &str, s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .and_then(|t| t.timestamp_nanos_opt())
+                .ok_or_else(|| {
+                    EventLogError::Invalid(format!("{name}: expected an RFC 3339 time, got {s:?}"))
+                })
+        };
+        match (&self.scheduled_start, &self.scheduled_end) {
+            (None, None) => Ok((None, None)),
+            (Some(a), Some(b)) => {
+                let (a, b) = (parse("scheduled_start", a)?, parse("scheduled_end", b)?);
+                if b <= a {
+                    return Err(EventLogError::Invalid(
+                        "scheduled_end must be after scheduled_start".into(),
+                    ));
+                }
+                Ok((Some(a), Some(b)))
+            }
+            _ => Err(EventLogError::Invalid(
+                "scheduled_start and scheduled_end go together".into(),
+            )),
+        }
+    }
 }
 
 /// A change to a work order; absent fields stay.
@@ -690,7 +732,7 @@ pub struct WorkOrderUpdate {
 }
 
 const WO_COLS: &str = "id, device, alarm_id, title, description, state, assignee, resolution, \
-    created_by, created_at, updated_at, closed_at";
+    created_by, created_at, updated_at, closed_at, scheduled_start, scheduled_end, notice_sent_at";
 
 fn wo_from_row(r: &Row<'_>) -> rusqlite::Result<WorkOrder> {
     Ok(WorkOrder {
@@ -706,6 +748,9 @@ fn wo_from_row(r: &Row<'_>) -> rusqlite::Result<WorkOrder> {
         created_at: r.get(9)?,
         updated_at: r.get(10)?,
         closed_at: r.get(11)?,
+        scheduled_start: r.get(12)?,
+        scheduled_end: r.get(13)?,
+        notice_sent_at: r.get(14)?,
     })
 }
 
@@ -749,6 +794,7 @@ impl EventLog {
         who: &AuditContext,
         new: &NewWorkOrder,
     ) -> Result<WorkOrder, EventLogError> {
+        let (start, end) = new.window()?;
         self.change(who, "work_order.create", "work_order", |tx, now| {
             let state = if new.assignee.is_some() {
                 "assigned"
@@ -757,7 +803,8 @@ impl EventLog {
             };
             tx.execute(
                 "INSERT INTO work_orders (device, alarm_id, title, description, state, assignee,
-                 created_by, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                 created_by, created_at, updated_at, scheduled_start, scheduled_end)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
                 params![
                     new.device,
                     new.alarm_id,
@@ -766,7 +813,9 @@ impl EventLog {
                     state,
                     new.assignee,
                     who.actor,
-                    now
+                    now,
+                    start,
+                    end
                 ],
             )
             .map_err(|e| fk_error(e, "alarm_id: no such alarm"))?;
@@ -779,6 +828,43 @@ impl EventLog {
                 value: after,
             })
         })
+    }
+
+    /// Open work orders with a scheduled window whose customer notice is due: the window
+    /// starts within `ahead` of `now` (or has started) and has not ended.
+    pub fn planned_notices_due(
+        &self,
+        now: Timestamp,
+        ahead: i64,
+    ) -> Result<Vec<WorkOrder>, EventLogError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {WO_COLS} FROM work_orders WHERE scheduled_start IS NOT NULL
+             AND notice_sent_at IS NULL AND state != 'closed'
+             AND scheduled_start <= ?1 AND scheduled_end > ?2 ORDER BY scheduled_start, id"
+        ))?;
+        let rows = stmt.query_map(params![now.saturating_add(ahead), now], wo_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Open work orders whose scheduled window contains `now`.
+    pub fn planned_windows(&self, now: Timestamp) -> Result<Vec<WorkOrder>, EventLogError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {WO_COLS} FROM work_orders WHERE scheduled_start <= ?1
+             AND scheduled_end > ?1 AND state != 'closed' ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params![now], wo_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Records that the planned-outage notice of work order `id` went out.
+    pub fn mark_notice_sent(&self, id: i64, now: Timestamp) -> Result<(), EventLogError> {
+        self.lock().execute(
+            "UPDATE work_orders SET notice_sent_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        Ok(())
     }
 
     /// Updates or closes a work order. `only_assignee`: crew may change only orders assigned

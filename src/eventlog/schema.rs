@@ -147,6 +147,13 @@ CREATE TABLE interruptions (
 );
 CREATE INDEX interruptions_time ON interruptions(start_ns);
 "#,
+    // 4: planned work: a work order's scheduled window, and when its customer notice went
+    // out (src/detect/locate.rs).
+    r#"
+ALTER TABLE work_orders ADD COLUMN scheduled_start INTEGER;
+ALTER TABLE work_orders ADD COLUMN scheduled_end INTEGER;
+ALTER TABLE work_orders ADD COLUMN notice_sent_at INTEGER;
+"#,
 ];
 
 /// Applies every migration newer than the database; returns the resulting version.

@@ -212,6 +212,8 @@ fn work_order_lifecycle_and_crew_ownership() {
                 description: String::new(),
                 alarm_id: None,
                 assignee: Some("carl".into()),
+                scheduled_start: None,
+                scheduled_end: None,
             },
         )
         .unwrap();
