@@ -77,8 +77,20 @@ async fn start(api: ApiConfig) -> Api {
         eventlog: Arc::clone(&log),
         hub,
         sink: None,
-        kpi: None,
-        outages: None,
+        kpi: Some(
+            gridwatch::kpi::KpiService::new(
+                gridwatch::kpi::KpiEngine::new(
+                    &Default::default(),
+                    &Default::default(),
+                    gridwatch::topology::Topology::default(),
+                ),
+                Arc::clone(&log),
+                &Default::default(),
+                0,
+            )
+            .unwrap(),
+        ),
+        outages: Some(Default::default()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -121,6 +133,8 @@ const EXPECTED: &[(&str, &str, Option<Role>)] = &[
     ("POST", "/api/v1/alarms/{id}/ack", Some(Role::Operator)),
     ("POST", "/api/v1/alarms/{id}/shelve", Some(Role::Operator)),
     ("GET", "/api/v1/events", Some(Role::Viewer)),
+    ("GET", "/api/v1/outages", Some(Role::Viewer)),
+    ("GET", "/api/v1/kpi", Some(Role::Viewer)),
     ("GET", "/api/v1/maintenance", Some(Role::Viewer)),
     ("POST", "/api/v1/maintenance", Some(Role::Crew)),
     ("GET", "/api/v1/maintenance/{id}", Some(Role::Viewer)),
