@@ -64,6 +64,13 @@ pub fn replay(loaded: &LoadedConfig, input: &str) -> Result<ReplayReport, Replay
         Arc::new(MemoryStore),
     )?;
     let mut engine: Option<Engine> = None;
+    // Fault localisation as in the daemon, on reading time.
+    let mut locator = cfg.locate.enabled.then(|| {
+        crate::detect::locate::Locator::new(
+            &cfg.locate,
+            crate::topology::Topology::from_devices(&cfg.devices),
+        )
+    });
     let mut report = ReplayReport::default();
     let mut last_tick: Timestamp = i64::MIN;
     report.devices = for_each_reading(loaded, input, |reading| {
@@ -71,12 +78,22 @@ pub fn replay(loaded: &LoadedConfig, input: &str) -> Result<ReplayReport, Replay
         // Devices join at their first line: one that never appears in the file is not
         // reported as lost; one that stops appearing is.
         let engine = engine.get_or_insert_with(|| Engine::new(rules.clone(), &cfg.alarms, &[], ts));
-        for d in engine.on_reading(reading) {
+        let mut found = engine.on_reading(reading);
+        if let Some(l) = locator.as_mut() {
+            l.observe(reading);
+            found = l.process(found);
+        }
+        for d in found {
             report.events.extend(manager.apply(&d));
         }
         if ts >= last_tick.saturating_add(1_000_000_000) {
             last_tick = ts;
-            for d in engine.tick(ts) {
+            let mut found = engine.tick(ts);
+            if let Some(l) = locator.as_mut() {
+                found = l.process(found);
+                found.extend(l.tick(ts));
+            }
+            for d in found {
                 report.events.extend(manager.apply(&d));
             }
             report.events.extend(manager.tick(ts));

@@ -189,7 +189,8 @@ fn a_faulted_day_raises_exactly_the_injected_faults() {
         expect("MT-0008", "comm_loss", "warning"),
         expect("TX-0001", "oil_temp_high", "critical"),
         expect("TX-0001", "winding_temp_high", "warning"),
-        expect("TX-0002", "phase_loss", "critical"),
+        // Located on the lost phase, as in the daemon.
+        expect("TX-0002", "lv_phase_loss_b", "critical"),
         expect("TX-0003", "voltage_low", "warning"),
         expect("MT-0009", "phase_loss", "critical"),
         expect("MT-0012", "voltage_high", "warning"),
