@@ -3,7 +3,8 @@
 //! outage topics. Tripping a transformer (its meters send last gasps and fall silent)
 //! gives exactly one located alarm on that transformer — no per-meter alert reaches the
 //! crews — and a customer outage notice listing its meters; tripping a whole feeder gives
-//! one alarm on the feeder; restoration clears them and says so.
+//! one alarm on the feeder; two meters losing the same phase give one alarm naming the
+//! transformer's phase; restoration clears them and says so; planned work is announced.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -291,7 +292,30 @@ fn a_tripped_transformer_and_a_tripped_feeder_are_each_one_located_alarm() {
         active_alarms(port).is_empty().then_some(())
     });
 
-    // 3. Planned work on T3 (feeder F2) in one hour: its customers get a notice now (90 min
+    // 3. Two of T2's meters lose phase B (an LV fuse; T2 has no monitor of its own): one
+    // alarm on T2 naming the phase, not two meter alarms.
+    let t2 = format!("{prefix}-T2");
+    for m in &ids[3..5] {
+        assert!(sim.set_fault(m, MeterFault::PhaseLoss(gridwatch_sim::Phase::B)));
+    }
+    wait_for("the located phase alarm", Duration::from_secs(25), || {
+        active_alarms(port)
+            .contains(&(t2.clone(), "lv_phase_loss_b".into()))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        active_alarms(port),
+        [(t2.clone(), "lv_phase_loss_b".to_string())]
+    );
+    for m in &ids[3..5] {
+        assert!(sim.clear_fault(m));
+    }
+    wait_for("phase restored", Duration::from_secs(20), || {
+        active_alarms(port).is_empty().then_some(())
+    });
+
+    // 4. Planned work on T3 (feeder F2) in one hour: its customers get a notice now (90 min
     // ahead); work in three hours gets none yet; the API lists the planned outage.
     let at = |mins: u64| {
         let t = std::time::SystemTime::now() + Duration::from_secs(mins * 60);

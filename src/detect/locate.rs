@@ -185,6 +185,8 @@ impl OutageBoard {
 
 #[derive(Debug)]
 struct Dark {
+    /// For `phase_dark`: the phase the meter lost.
+    phase: Option<Phase>,
     since: Timestamp,
     rules: BTreeSet<String>,
     held: Vec<Detection>,
@@ -209,11 +211,13 @@ pub struct Locator {
     transformer_rule: Arc<Rule>,
     feeder_rule: Arc<Rule>,
     phase_rules: [Arc<Rule>; 3],
-    /// Last phase voltages and nominal of each transformer.
+    /// Last phase voltages and nominal of each device.
     voltages: std::collections::HashMap<String, ([Option<f64>; 3], f64)>,
     /// Phase rules a transformer's `phase_loss` was turned into.
     phase_raised: std::collections::HashMap<String, Vec<Arc<Rule>>>,
     dark: BTreeMap<String, Dark>,
+    /// Meters that lost one phase (three-phase meters reporting `phase_loss`).
+    phase_dark: BTreeMap<String, Dark>,
     located: BTreeMap<u64, Located>,
     next_id: u64,
     board: Arc<Mutex<OutageBoard>>,
@@ -278,6 +282,7 @@ impl Locator {
             voltages: std::collections::HashMap::new(),
             phase_raised: std::collections::HashMap::new(),
             dark: BTreeMap::new(),
+            phase_dark: BTreeMap::new(),
             located: BTreeMap::new(),
             next_id: 1,
             board: Arc::new(Mutex::new(OutageBoard::default())),
@@ -309,17 +314,57 @@ impl Locator {
         .then(|| id.clone())
     }
 
-    /// Remembers a transformer's phase voltages (call before [`process`](Self::process)
-    /// with the detections of the same reading).
+    /// Remembers a device's phase voltages (call before [`process`](Self::process) with
+    /// the detections of the same reading).
     pub fn observe(&mut self, r: &crate::model::Reading) {
-        if r.device.kind != TRANSFORMER {
-            return;
-        }
         let Some(nominal) = r.device.nominal_voltage else {
             return;
         };
         let v = ["voltage_a", "voltage_b", "voltage_c"].map(|f| r.get(f));
         self.voltages.insert(r.device.id.clone(), (v, nominal));
+    }
+
+    fn lost_phases(&self, id: &str) -> Vec<Phase> {
+        match self.voltages.get(id) {
+            Some((v, n)) => Phase::ALL
+                .iter()
+                .zip(v)
+                .filter(|(_, x)| x.is_some_and(|x| x < super::derived::LOST_PHASE_PU * n))
+                .map(|(p, _)| *p)
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// A meter's `phase_loss`: held to be grouped with its neighbours on the same phase.
+    fn meter_phase(&mut self, meter: String, d: Detection) -> Option<Detection> {
+        match d.change {
+            Change::Raise => {
+                let Some(&phase) = self.lost_phases(&meter).first() else {
+                    return Some(d);
+                };
+                self.phase_dark.insert(
+                    meter,
+                    Dark {
+                        phase: Some(phase),
+                        since: d.ts,
+                        rules: BTreeSet::from([d.rule.id.to_string()]),
+                        held: vec![d],
+                        released: false,
+                        outage: None,
+                    },
+                );
+                None
+            }
+            Change::Escalate => match self.phase_dark.get(&meter) {
+                Some(e) if !e.released => None,
+                _ => Some(d),
+            },
+            Change::Clear => match self.phase_dark.remove(&meter) {
+                Some(e) if !e.released => None,
+                _ => Some(d),
+            },
+        }
     }
 
     /// A transformer's `phase_loss` as the lost phase's own alarm(s).
@@ -364,9 +409,16 @@ impl Locator {
         }
         let mut out = Vec::new();
         for d in dets {
-            if d.device.kind == TRANSFORMER && &*d.rule.id == "phase_loss" {
-                out.extend(self.by_phase(d));
-                continue;
+            if &*d.rule.id == "phase_loss" {
+                if d.device.kind == TRANSFORMER {
+                    out.extend(self.by_phase(d));
+                    continue;
+                }
+                if d.device.kind == METER && self.topology.transformer_of(&d.device.id).is_some() {
+                    let meter = d.device.id.clone();
+                    out.extend(self.meter_phase(meter, d));
+                    continue;
+                }
             }
             let Some(meter) = self.is_supply(&d) else {
                 out.push(d);
@@ -375,6 +427,7 @@ impl Locator {
             match d.change {
                 Change::Raise | Change::Escalate => {
                     let e = self.dark.entry(meter.clone()).or_insert_with(|| Dark {
+                        phase: None,
                         since: d.ts,
                         rules: BTreeSet::new(),
                         held: Vec::new(),
@@ -427,7 +480,7 @@ impl Locator {
 
     fn meter(&self, id: &str) -> AffectedMeter {
         let n = self.topology.get(id);
-        let d = self.dark.get(id);
+        let d = self.dark.get(id).or_else(|| self.phase_dark.get(id));
         AffectedMeter {
             device: id.to_string(),
             customers: n.map_or(1, |n| n.customers),
@@ -493,8 +546,10 @@ impl Locator {
         self.notices.push(OutageNotice { event, outage });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn open(
         &mut self,
+        rule: Option<Arc<Rule>>,
         kind: &str,
         element: &str,
         fk: &FeederKey,
@@ -506,14 +561,21 @@ impl Locator {
         self.next_id += 1;
         let since = meters
             .iter()
-            .filter_map(|m| self.dark.get(m).map(|d| d.since))
+            .filter_map(|m| {
+                self.dark
+                    .get(m)
+                    .or_else(|| self.phase_dark.get(m))
+                    .map(|d| d.since)
+            })
             .min()
             .unwrap_or(now);
-        let rule = if kind == "feeder" {
-            Arc::clone(&self.feeder_rule)
-        } else {
-            Arc::clone(&self.transformer_rule)
-        };
+        let rule = rule.unwrap_or_else(|| {
+            if kind == "feeder" {
+                Arc::clone(&self.feeder_rule)
+            } else {
+                Arc::clone(&self.transformer_rule)
+            }
+        });
         let device = self.element_device(kind, element, fk);
         // Inside the window of planned work on this element (or above its meters)?
         let planned = {
@@ -565,8 +627,14 @@ impl Locator {
         let Some(l) = self.located.get(&id) else {
             return;
         };
+        let phase = l.rule.id.starts_with("lv_phase_loss");
         for m in &l.meters {
-            if let Some(d) = self.dark.get_mut(m) {
+            let d = if phase {
+                self.phase_dark.get_mut(m)
+            } else {
+                self.dark.get_mut(m)
+            };
+            if let Some(d) = d {
                 d.held.clear();
                 d.outage = Some(id);
             }
@@ -585,7 +653,13 @@ impl Locator {
         let restored: Vec<u64> = self
             .located
             .iter()
-            .filter(|(id, _)| !self.dark.values().any(|d| d.outage == Some(**id)))
+            .filter(|(id, _)| {
+                !self
+                    .dark
+                    .values()
+                    .chain(self.phase_dark.values())
+                    .any(|d| d.outage == Some(**id))
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in restored {
@@ -708,7 +782,7 @@ impl Locator {
                     }
                 }
                 let element = format!("{}/{}", fk.site, fk.feeder);
-                let (_, d) = self.open("feeder", &element, &fk, meters, total, now);
+                let (_, d) = self.open(None, "feeder", &element, &fk, meters, total, now);
                 out.push(d);
             }
         }
@@ -716,8 +790,68 @@ impl Locator {
             let Some(fk) = self.topology.feeder_of(&tx) else {
                 continue;
             };
-            let (_, d) = self.open("transformer", &tx, &fk, meters, total, now);
+            let (_, d) = self.open(None, "transformer", &tx, &fk, meters, total, now);
             out.push(d);
+        }
+        out.extend(self.tick_phases(now, settle));
+        out
+    }
+
+    /// Meters of one transformer that lost the same phase: at least two → one
+    /// `lv_phase_loss_x` alarm on the transformer (its LV fuse of that phase, or an LV
+    /// way's); one → the meter's own alarm.
+    fn tick_phases(&mut self, now: Timestamp, settle: i64) -> Vec<Detection> {
+        let mut out = Vec::new();
+        let mut groups: BTreeMap<(String, Phase), BTreeSet<String>> = BTreeMap::new();
+        let mut due: BTreeSet<(String, Phase)> = BTreeSet::new();
+        for (m, d) in &self.phase_dark {
+            let (Some(phase), Some(tx)) = (d.phase, self.topology.transformer_of(m)) else {
+                continue;
+            };
+            if d.released || d.outage.is_some() {
+                continue;
+            }
+            let key = (tx.to_string(), phase);
+            groups.entry(key.clone()).or_default().insert(m.clone());
+            if now - d.since >= settle {
+                due.insert(key);
+            }
+        }
+        for key in due {
+            let meters = groups.remove(&key).unwrap_or_default();
+            let (tx, phase) = key;
+            // Already located on this phase: the newcomers join it.
+            let existing = self
+                .located
+                .iter()
+                .find(|(_, l)| {
+                    l.outage.element == tx && *l.rule.id == *self.phase_rules[phase as usize].id
+                })
+                .map(|(id, _)| *id);
+            if let Some(id) = existing {
+                if let Some(l) = self.located.get_mut(&id) {
+                    l.meters.extend(meters);
+                }
+                self.absorb(id);
+                self.publish(id, NoticeKind::Updated);
+                continue;
+            }
+            if meters.len() >= 2 {
+                let Some(fk) = self.topology.feeder_of(&tx) else {
+                    continue;
+                };
+                let total = self.topology.meters_under(&tx).len();
+                let rule = Arc::clone(&self.phase_rules[phase as usize]);
+                let (_, d) = self.open(Some(rule), "transformer", &tx, &fk, meters, total, now);
+                out.push(d);
+            } else {
+                for m in meters {
+                    if let Some(d) = self.phase_dark.get_mut(&m) {
+                        d.released = true;
+                        out.append(&mut d.held);
+                    }
+                }
+            }
         }
         out
     }

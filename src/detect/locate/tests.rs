@@ -282,3 +282,69 @@ fn a_transformer_phase_loss_names_the_lost_phase() {
         [("M11".into(), "phase_loss".into(), Change::Raise)]
     );
 }
+
+#[test]
+fn meters_that_lost_the_same_phase_locate_the_lv_fuse() {
+    use crate::model::{FieldDef, Quality, Reading, Schema};
+    let t = topology();
+    let mut l = locator();
+    let observe = |l: &mut Locator, m: &str, b: f64| {
+        let d = det(&t, m, "phase_loss", Change::Raise, 0);
+        let values = [("voltage_a", 230.0), ("voltage_b", b), ("voltage_c", 231.0)];
+        l.observe(&Reading {
+            device: Arc::clone(&d.device),
+            ts: 0,
+            schema: Arc::new(Schema {
+                fields: values
+                    .iter()
+                    .map(|(n, _)| FieldDef::new(*n, None))
+                    .collect(),
+            }),
+            values: values
+                .iter()
+                .enumerate()
+                .map(|(i, (_, v))| (i as u16, *v))
+                .collect(),
+            quality: Quality::Good,
+        });
+    };
+    // Two meters of T1 lose phase B; one meter of T2 loses it alone.
+    for m in ["M11", "M12", "M21"] {
+        observe(&mut l, m, 1.5);
+        assert!(
+            l.process(vec![det(&t, m, "phase_loss", Change::Raise, S)])
+                .is_empty()
+        );
+    }
+    let out = l.tick(30 * S);
+    let mut k = keys(&out);
+    k.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    assert_eq!(
+        k,
+        [
+            ("M21".into(), "phase_loss".into(), Change::Raise),
+            ("T1".into(), "lv_phase_loss_b".into(), Change::Raise),
+        ]
+    );
+    let located = out.iter().find(|d| d.device.id == "T1").map(|d| d.value);
+    assert_eq!(located, Some(2.0));
+    // The phase comes back on both: the located alarm clears; M21's clear goes out as is.
+    assert!(
+        l.process(vec![det(&t, "M11", "phase_loss", Change::Clear, 40 * S)])
+            .is_empty()
+    );
+    assert!(
+        l.process(vec![det(&t, "M12", "phase_loss", Change::Clear, 40 * S)])
+            .is_empty()
+    );
+    let out = l.process(vec![det(&t, "M21", "phase_loss", Change::Clear, 40 * S)]);
+    assert_eq!(
+        keys(&out),
+        [("M21".into(), "phase_loss".into(), Change::Clear)]
+    );
+    let out = l.tick(41 * S);
+    assert_eq!(
+        keys(&out),
+        [("T1".into(), "lv_phase_loss_b".into(), Change::Clear)]
+    );
+}
