@@ -722,8 +722,44 @@ impl Locator {
             let dark = by_tx.get(tx).cloned().unwrap_or_default();
             let total = self.topology.meters_under(tx).len();
             let needed = ((self.cfg.share * total as f64).ceil() as usize).max(2);
+            // Single-phase meters (`phase` in the config) all on one phase, and most of
+            // that phase's meters: the transformer's LV fuse of that phase.
+            let phases: BTreeSet<Option<Phase>> = dark
+                .iter()
+                .map(|m| self.topology.get(m).and_then(|n| n.phase))
+                .collect();
+            let one_phase = match phases.iter().next() {
+                Some(Some(p)) if phases.len() == 1 => Some(*p),
+                _ => None,
+            };
+            let on_phase = one_phase.map_or(0, |p| {
+                self.topology
+                    .meters_under(tx)
+                    .iter()
+                    .filter(|n| n.phase == Some(p))
+                    .count()
+            });
+            let phase_needed = ((self.cfg.share * on_phase as f64).ceil() as usize).max(2);
             if dark.len() >= needed {
                 out_tx.insert(tx.clone(), (dark, total));
+            } else if let Some(p) = one_phase
+                && dark.len() >= phase_needed
+            {
+                let Some(fk) = self.topology.feeder_of(tx) else {
+                    continue;
+                };
+                let rule = Arc::clone(&self.phase_rules[p as usize]);
+                let (id, d) = self.open(Some(rule), "transformer", tx, &fk, dark, total, now);
+                // These meters are dark (no supply), not phase-dark: absorb them here.
+                if let Some(l) = self.located.get(&id) {
+                    for m in l.meters.clone() {
+                        if let Some(e) = self.dark.get_mut(&m) {
+                            e.held.clear();
+                            e.outage = Some(id);
+                        }
+                    }
+                }
+                out.push(d);
             } else {
                 // Not a transformer outage: the meters' own alarms go out.
                 for m in &dark {

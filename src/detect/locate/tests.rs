@@ -348,3 +348,44 @@ fn meters_that_lost_the_same_phase_locate_the_lv_fuse() {
         [("T1".into(), "lv_phase_loss_b".into(), Change::Clear)]
     );
 }
+
+#[test]
+fn single_phase_meters_dark_on_one_phase_locate_that_fuse() {
+    let mut t = topology();
+    t.insert(Node::new("T4", TRANSFORMER, "S1", "F3", None));
+    for (m, p) in [
+        ("P1", Phase::B),
+        ("P2", Phase::B),
+        ("P3", Phase::A),
+        ("P4", Phase::C),
+    ] {
+        t.insert(Node {
+            phase: Some(p),
+            ..Node::new(m, METER, "S1", "F3", Some("T4"))
+        });
+    }
+    let mut l = Locator::new(&LocateConfig::default(), t.clone());
+    let d = ["P1", "P2"]
+        .iter()
+        .map(|m| det(&t, m, "last_gasp", Change::Raise, 0))
+        .collect();
+    assert!(l.process(d).is_empty());
+    let out = l.tick(30 * S);
+    assert_eq!(
+        keys(&out),
+        [("T4".into(), "lv_phase_loss_b".into(), Change::Raise)]
+    );
+    assert_eq!((out[0].value, out[0].limit), (2.0, 4.0));
+    // Supply back on both: cleared, and both interruptions go to the KPIs.
+    let d = ["P1", "P2"]
+        .iter()
+        .map(|m| det(&t, m, "last_gasp", Change::Clear, 60 * S))
+        .collect();
+    assert!(l.process(d).is_empty());
+    let out = l.tick(61 * S);
+    assert_eq!(
+        keys(&out),
+        [("T4".into(), "lv_phase_loss_b".into(), Change::Clear)]
+    );
+    assert_eq!(l.take_interruptions().len(), 2);
+}
