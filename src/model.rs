@@ -140,6 +140,27 @@ pub struct Reading {
 }
 
 impl Reading {
+    /// A complete reading of `device` at `ts` with its own schema of these field names (for
+    /// tools and tests; sources share a schema per profile).
+    pub fn from_pairs(device: Arc<DeviceInfo>, ts: Timestamp, values: &[(&str, f64)]) -> Reading {
+        Reading {
+            device,
+            ts,
+            schema: Arc::new(Schema {
+                fields: values
+                    .iter()
+                    .map(|(n, _)| FieldDef::new(*n, None))
+                    .collect(),
+            }),
+            values: values
+                .iter()
+                .enumerate()
+                .map(|(i, (_, v))| (FieldId::try_from(i).unwrap_or(FieldId::MAX), *v))
+                .collect(),
+            quality: Quality::Good,
+        }
+    }
+
     /// The value of a field by name, if the reading has it.
     pub fn get(&self, name: &str) -> Option<f64> {
         let id = self.schema.id_of(name)?;

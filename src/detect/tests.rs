@@ -1,5 +1,4 @@
 use super::*;
-use crate::model::{FieldDef, Quality, Schema};
 
 const S: i64 = 1_000_000_000;
 
@@ -23,23 +22,7 @@ fn device(id: &str, kind: &str, parent: Option<&str>) -> Arc<DeviceInfo> {
 }
 
 fn reading(d: &Arc<DeviceInfo>, ts_s: i64, values: &[(&str, f64)]) -> Arc<Reading> {
-    let schema = Schema {
-        fields: values
-            .iter()
-            .map(|(n, _)| FieldDef::new(*n, None))
-            .collect(),
-    };
-    Arc::new(Reading {
-        device: Arc::clone(d),
-        ts: ts_s * S,
-        schema: Arc::new(schema),
-        values: values
-            .iter()
-            .enumerate()
-            .map(|(i, (_, v))| (i as u16, *v))
-            .collect(),
-        quality: Quality::Good,
-    })
+    Arc::new(Reading::from_pairs(Arc::clone(d), ts_s * S, values))
 }
 
 fn normal_tx(oil: f64, winding: f64) -> Vec<(&'static str, f64)> {

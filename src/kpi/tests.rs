@@ -1,5 +1,4 @@
 use super::*;
-use crate::model::{FieldDef, Quality, Schema};
 
 const S: i64 = 1_000_000_000;
 /// 2026-11-02T00:00:00Z.
@@ -25,22 +24,7 @@ fn device(id: &str, kind: &str, interval_s: i64) -> Arc<DeviceInfo> {
 }
 
 fn reading(d: &Arc<DeviceInfo>, ts: i64, values: &[(&str, f64)]) -> Reading {
-    Reading {
-        device: Arc::clone(d),
-        ts,
-        schema: Arc::new(Schema {
-            fields: values
-                .iter()
-                .map(|(n, _)| FieldDef::new(*n, None))
-                .collect(),
-        }),
-        values: values
-            .iter()
-            .enumerate()
-            .map(|(i, (_, v))| (i as u16, *v))
-            .collect(),
-        quality: Quality::Good,
-    }
+    Reading::from_pairs(Arc::clone(d), ts, values)
 }
 
 fn engine() -> KpiEngine {

@@ -235,7 +235,7 @@ fn other_alarms_pass_untouched_and_localisation_can_be_off() {
 
 #[test]
 fn a_transformer_phase_loss_names_the_lost_phase() {
-    use crate::model::{FieldDef, Quality, Reading, Schema};
+    use crate::model::Reading;
     let t = topology();
     let mut l = locator();
     let d = det(&t, "T1", "phase_loss", Change::Raise, 5 * S);
@@ -244,22 +244,7 @@ fn a_transformer_phase_loss_names_the_lost_phase() {
         ("voltage_b", 0.8),
         ("voltage_c", 229.0),
     ];
-    l.observe(&Reading {
-        device: Arc::clone(&d.device),
-        ts: 5 * S,
-        schema: Arc::new(Schema {
-            fields: values
-                .iter()
-                .map(|(n, _)| FieldDef::new(*n, None))
-                .collect(),
-        }),
-        values: values
-            .iter()
-            .enumerate()
-            .map(|(i, (_, v))| (i as u16, *v))
-            .collect(),
-        quality: Quality::Good,
-    });
+    l.observe(&Reading::from_pairs(Arc::clone(&d.device), 5 * S, &values));
     let out = l.process(vec![d]);
     assert_eq!(
         keys(&out),
@@ -285,28 +270,13 @@ fn a_transformer_phase_loss_names_the_lost_phase() {
 
 #[test]
 fn meters_that_lost_the_same_phase_locate_the_lv_fuse() {
-    use crate::model::{FieldDef, Quality, Reading, Schema};
+    use crate::model::Reading;
     let t = topology();
     let mut l = locator();
     let observe = |l: &mut Locator, m: &str, b: f64| {
         let d = det(&t, m, "phase_loss", Change::Raise, 0);
         let values = [("voltage_a", 230.0), ("voltage_b", b), ("voltage_c", 231.0)];
-        l.observe(&Reading {
-            device: Arc::clone(&d.device),
-            ts: 0,
-            schema: Arc::new(Schema {
-                fields: values
-                    .iter()
-                    .map(|(n, _)| FieldDef::new(*n, None))
-                    .collect(),
-            }),
-            values: values
-                .iter()
-                .enumerate()
-                .map(|(i, (_, v))| (i as u16, *v))
-                .collect(),
-            quality: Quality::Good,
-        });
+        l.observe(&Reading::from_pairs(Arc::clone(&d.device), 0, &values));
     };
     // Two meters of T1 lose phase B; one meter of T2 loses it alone.
     for m in ["M11", "M12", "M21"] {
