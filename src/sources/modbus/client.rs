@@ -15,7 +15,8 @@ pub mod bus;
 
 use std::net::SocketAddr;
 
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::{Request, Response};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
@@ -153,27 +154,43 @@ impl ReadOnlyClient {
         }
         self.ctx.set_slave(Slave(unit));
         let (start, count) = (req.start, req.count);
-        let result = match req.table {
-            Table::Holding => self
-                .ctx
-                .read_holding_registers(start, count)
-                .await
-                .map(|r| r.map(ReadData::Words)),
-            Table::Input => self
-                .ctx
-                .read_input_registers(start, count)
-                .await
-                .map(|r| r.map(ReadData::Words)),
-            Table::Coil => self
-                .ctx
-                .read_coils(start, count)
-                .await
-                .map(|r| r.map(ReadData::Bits)),
-            Table::Discrete => self
-                .ctx
-                .read_discrete_inputs(start, count)
-                .await
-                .map(|r| r.map(ReadData::Bits)),
+        // Only read requests are ever built here (the read-only promise). The typed
+        // `Reader` helpers of tokio-modbus would `debug_assert` the answer's length, so a
+        // hostile device could panic a debug build; the length is checked here instead and a
+        // mismatch is a transport error (the connection is dropped).
+        let request = match req.table {
+            Table::Holding => Request::ReadHoldingRegisters(start, count),
+            Table::Input => Request::ReadInputRegisters(start, count),
+            Table::Coil => Request::ReadCoils(start, count),
+            Table::Discrete => Request::ReadDiscreteInputs(start, count),
+        };
+        let want = usize::from(count);
+        let result = Client::call(&mut self.ctx, request).await.map(|r| {
+            r.map(|response| match response {
+                Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w) => {
+                    if w.len() == want {
+                        Ok(ReadData::Words(w))
+                    } else {
+                        Err(format!("answer has {} registers, asked for {want}", w.len()))
+                    }
+                }
+                Response::ReadCoils(mut b) | Response::ReadDiscreteInputs(mut b) => {
+                    if b.len() >= want {
+                        // Bits come in whole bytes; the padding is not data.
+                        b.truncate(want);
+                        Ok(ReadData::Bits(b))
+                    } else {
+                        Err(format!("answer has {} bits, asked for {want}", b.len()))
+                    }
+                }
+                other => Err(format!("answer of another function: {other:?}")),
+            })
+        });
+        let result = match result {
+            Ok(Ok(Err(mismatch))) => return Err(ReadError::Transport(mismatch)),
+            Ok(Ok(Ok(data))) => Ok(Ok(data)),
+            Ok(Err(code)) => Ok(Err(code)),
+            Err(e) => Err(e),
         };
         match result {
             Ok(Ok(data)) => Ok(data),
