@@ -570,6 +570,8 @@ pub struct KpiService {
     engine: Mutex<KpiEngine>,
     log: Arc<EventLog>,
     cfg: KpiConfig,
+    /// Day of the last `kpi` points written (to close a finished day once).
+    last_day: Mutex<Option<i64>>,
 }
 
 impl KpiService {
@@ -586,6 +588,7 @@ impl KpiService {
             engine: Mutex::new(engine),
             log,
             cfg: cfg.clone(),
+            last_day: Mutex::new(Some(today)),
         }))
     }
 
@@ -647,11 +650,20 @@ impl KpiService {
         )
     }
 
-    /// Today's figures of every feeder and site as `kpi` line-protocol lines.
+    /// Today's figures so far of every feeder and site as `kpi` points (`period=today`,
+    /// stamped `now`), and, on the first call of a new day, the previous day's final ones
+    /// (`period=day`, stamped at that day's last nanosecond).
     pub fn lines(&self, now: Timestamp) -> String {
         let topology = self.lock().topology.clone();
-        let from = day_of(now) * NS_PER_DAY;
+        let today = day_of(now);
+        let from = today * NS_PER_DAY;
         let mut out = String::new();
+        let previous = {
+            let mut last = self.last_day.lock().unwrap_or_else(|e| e.into_inner());
+            let previous = last.filter(|d| *d < today);
+            *last = Some(today);
+            previous
+        };
         let mut scopes: Vec<(Scope, String, String, String)> = Vec::new();
         let mut sites: Vec<String> = Vec::new();
         for key in topology.feeders().keys() {
@@ -669,17 +681,30 @@ impl KpiService {
             scopes.push((Scope::Site, s.clone(), s, String::new()));
         }
         for (scope, id, site, feeder) in scopes {
+            if let Some(d) = previous {
+                let end = (d + 1) * NS_PER_DAY;
+                if let Ok(r) = self.query(scope, &id, d * NS_PER_DAY, end, now) {
+                    write_kpi_line(&mut out, &r, &site, &feeder, "day", end - 1);
+                }
+            }
             let Ok(r) = self.query(scope, &id, from, now, now) else {
                 continue;
             };
-            write_kpi_line(&mut out, &r, &site, &feeder, now);
+            write_kpi_line(&mut out, &r, &site, &feeder, "today", now);
         }
         out
     }
 }
 
-/// One `kpi` point: `kpi,feeder=..,id=..,period=day,scope=..,site=.. fields ts`.
-pub fn write_kpi_line(out: &mut String, r: &KpiReport, site: &str, feeder: &str, ts: Timestamp) {
+/// One `kpi` point: `kpi,feeder=..,id=..,period=..,scope=..,site=.. fields ts`.
+pub fn write_kpi_line(
+    out: &mut String,
+    r: &KpiReport,
+    site: &str,
+    feeder: &str,
+    period: &str,
+    ts: Timestamp,
+) {
     use crate::sinks::lineproto::{FieldValue, series_key, write_line};
     let scope = match r.scope {
         Scope::Device => "device",
@@ -693,7 +718,7 @@ pub fn write_kpi_line(out: &mut String, r: &KpiReport, site: &str, feeder: &str,
         &[
             ("feeder", feeder),
             ("id", &r.id),
-            ("period", "day"),
+            ("period", period),
             ("scope", scope),
             ("site", site),
         ],

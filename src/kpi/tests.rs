@@ -172,3 +172,49 @@ fn scopes_resolve_through_the_topology() {
         Err(KpiError::UnknownScope(Scope::Feeder, _))
     ));
 }
+
+#[test]
+fn a_finished_day_is_written_once_as_period_day() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = crate::eventlog::EventLog::open(
+        dir.path(),
+        &crate::config::EventLogConfig::default(),
+        &[],
+        crate::hub::Hub::new(),
+        &crate::metrics::Registry::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut t = Topology::default();
+    t.insert(Node::new("M1", "meter", "S7", "F07", None));
+    let e = KpiEngine::new(&KpiConfig::default(), &AlarmsConfig::default(), t);
+    let s = KpiService::new(e, log, &KpiConfig::default(), DAY0 + 3600 * S)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = device("M1", "meter", 60);
+    s.on_reading(&reading(&m, DAY0 + 3600 * S, &v(230.0)));
+    s.on_reading(&reading(&m, DAY0 + 3660 * S, &v(230.0)));
+    let first = s.lines(DAY0 + 7200 * S);
+    assert!(first.contains("period=today"), "{first}");
+    assert!(!first.contains("period=day,"), "{first}");
+    let next_day = DAY0 + NS_PER_DAY + 60 * S;
+    let second = s.lines(next_day);
+    let closing: Vec<&str> = second
+        .lines()
+        .filter(|l| l.contains("period=day,"))
+        .collect();
+    // One final point per scope (feeder S7/F07 and site S7) at the day's last nanosecond.
+    assert_eq!(closing.len(), 2, "{second}");
+    assert!(
+        closing
+            .iter()
+            .all(|l| l.ends_with(&format!(" {}", DAY0 + NS_PER_DAY - 1)))
+    );
+    assert!(
+        closing[0].contains("voltage_t_total_s=60"),
+        "{}",
+        closing[0]
+    );
+    assert!(
+        !s.lines(next_day + S).contains("period=day,"),
+        "written once"
+    );
+}

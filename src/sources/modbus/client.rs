@@ -16,9 +16,9 @@ pub mod bus;
 use std::net::SocketAddr;
 
 use tokio_modbus::client::{Client, Context};
-use tokio_modbus::{Request, Response};
 use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::{Request, Response};
 
 use crate::config::{EndpointConfig, Table};
 
@@ -171,7 +171,10 @@ impl ReadOnlyClient {
                     if w.len() == want {
                         Ok(ReadData::Words(w))
                     } else {
-                        Err(format!("answer has {} registers, asked for {want}", w.len()))
+                        Err(format!(
+                            "answer has {} registers, asked for {want}",
+                            w.len()
+                        ))
                     }
                 }
                 Response::ReadCoils(mut b) | Response::ReadDiscreteInputs(mut b) => {
