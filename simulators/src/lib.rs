@@ -5,15 +5,17 @@
 //! over Modbus TCP through the register maps in [`profile`], and [`rtu`] over Modbus RTU (a
 //! serial line, or RTU frames over TCP); [`scenario`] applies timed faults; [`mqtt`]
 //! publishes smart-meter telemetry as JSON to an MQTT broker; [`load`] is the load harness for
-//! benchmarks (many gateways × unit ids, one cheap register map). This crate must not depend
-//! on the `gridwatch` daemon: its register encoder is an
-//! independent implementation of the profile contract, so end-to-end tests comparing the
-//! two catch bugs that a shared codec would hide.
+//! benchmarks (many gateways × unit ids, one cheap register map) and [`mqtt_load`] its MQTT
+//! counterpart (many meters at a paced aggregate rate over a few connections). This crate
+//! must not depend on the `gridwatch` daemon: its register encoder is an independent
+//! implementation of the profile contract, so end-to-end tests comparing the two catch bugs
+//! that a shared codec would hide.
 
 pub mod load;
 pub mod modbus;
 pub mod model;
 pub mod mqtt;
+pub mod mqtt_load;
 pub mod profile;
 pub mod rtu;
 pub mod scenario;

@@ -10,6 +10,10 @@
 //! `gridwatch-sim load --gateways 100 --units 100 --daemon-config gw.toml` is the load harness
 //! of `scripts/bench.sh`: 10,000 devices on 100 ports, and the matching gridwatch endpoints
 //! and devices written to `gw.toml`.
+//! `gridwatch-sim mqtt-load --broker 127.0.0.1:1883 --meters 10000 --rate 100000 --duration 15s`
+//! is the MQTT load harness of `scripts/bench-mqtt.sh`: paced JSON telemetry over a few
+//! connections, a one-line JSON report at the end; `--daemon-config gw.toml --config-only`
+//! writes the matching gridwatch `[mqtt]` section and `[[devices]]` and exits.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -43,6 +47,119 @@ enum Command {
     Mqtt(MqttArgs),
     /// Load harness: G gateways (ports) × U unit ids serving one register map cheaply.
     Load(LoadArgs),
+    /// MQTT load harness: K meters publishing at an aggregate rate over C connections.
+    MqttLoad(MqttLoadArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MqttLoadArgs {
+    /// Broker host:port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// Number of meters (device ids ID_PREFIX00001...).
+    #[arg(long, default_value_t = 10_000)]
+    meters: u32,
+    /// Aggregate messages per second over all connections; 0 = as fast as possible.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Stop after this many messages in total (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    messages: u64,
+    /// MQTT connections the meters are split across.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    connections: u16,
+    /// QoS of the published messages: 0 or 1.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// QoS 1: most unacknowledged messages per connection.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
+    inflight: u16,
+    /// Pacing tick: the messages due are written once per tick.
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    tick: std::time::Duration,
+    /// Topics are PREFIX/{device}/telemetry.
+    #[arg(long, default_value = "meters")]
+    topic_prefix: String,
+    /// Device ids are ID_PREFIX00001, ...
+    #[arg(long, default_value = "ML-")]
+    id_prefix: String,
+    /// Client ids are CLIENT_ID-0, CLIENT_ID-1, ...
+    #[arg(long, default_value = "gridwatch-mqtt-load")]
+    client_id: String,
+    /// Seed for per-meter variation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the matching gridwatch `[mqtt]` section and `[[devices]]` here.
+    #[arg(long)]
+    daemon_config: Option<PathBuf>,
+    /// Only write --daemon-config, publish nothing.
+    #[arg(long, requires = "daemon_config")]
+    config_only: bool,
+    /// Client id written into the daemon config.
+    #[arg(long, default_value = "gridwatch-bench")]
+    daemon_client_id: String,
+    /// Daemon config: no [[devices]], the daemon registers meters on their first message.
+    #[arg(long)]
+    auto_register: bool,
+    /// Daemon config: meters per parent transformer (0 = meters without a parent).
+    #[arg(long, default_value_t = 100)]
+    meters_per_transformer: u32,
+}
+
+async fn run_mqtt_load(args: MqttLoadArgs) -> anyhow::Result<()> {
+    use gridwatch_sim::mqtt_load;
+    if let Some(path) = &args.daemon_config {
+        let text = mqtt_load::daemon_config(&mqtt_load::DaemonLayout {
+            broker: &args.broker,
+            client_id: &args.daemon_client_id,
+            topic_prefix: &args.topic_prefix,
+            id_prefix: &args.id_prefix,
+            meters: args.meters,
+            meters_per_transformer: args.meters_per_transformer,
+            auto_register: args.auto_register,
+        });
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        if args.config_only {
+            return Ok(());
+        }
+    }
+    let cfg = mqtt_load::MqttLoadConfig {
+        broker: args.broker,
+        client_id: args.client_id,
+        meters: args.meters,
+        rate: args.rate,
+        duration: args.duration,
+        messages: args.messages,
+        connections: usize::from(args.connections),
+        qos: if args.qos == 1 {
+            mqtt_load::Qos::AtLeastOnce
+        } else {
+            mqtt_load::Qos::AtMostOnce
+        },
+        inflight: args.inflight,
+        tick: args.tick,
+        topic_prefix: args.topic_prefix,
+        id_prefix: args.id_prefix,
+        seed: args.seed,
+        ..mqtt_load::MqttLoadConfig::default()
+    };
+    let cancel = CancellationToken::new();
+    let run = mqtt_load::run(cfg, cancel.clone());
+    tokio::pin!(run);
+    // SIGTERM stops publishing; the report of what was published is still printed.
+    let report = tokio::select! {
+        r = &mut run => r?,
+        s = shutdown_signal() => {
+            s?;
+            cancel.cancel();
+            run.await?
+        }
+    };
+    println!("{}", report.to_json());
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -254,6 +371,7 @@ async fn main() -> anyhow::Result<()> {
         Command::RtuOverTcp(args) => run_rtu_over_tcp(args).await,
         Command::Mqtt(args) => run_mqtt(args).await,
         Command::Load(args) => run_load(args).await,
+        Command::MqttLoad(args) => run_mqtt_load(args).await,
     }
 }
 
