@@ -27,6 +27,8 @@
 #   BENCH_INTERVAL=1s   poll interval                    BENCH_SKIP_BUILD=1  reuse target/release
 #   BENCH_SKIP_CRITERION=1  skip the micro-benchmarks   BENCH_KEEP=1  keep the work dir
 #   BENCH_GRIDWATCH=PATH  measure another gridwatch binary (before/after comparisons)
+#   BENCH_BIN=DIR  take gridwatch, gridwatch-sim and bare-poller from DIR (a saved build)
+#   BENCH_SKIP_MQTT=1 / BENCH_SKIP_ALARM=1  leave out those scenarios
 # Default run: about 6 minutes after the build on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +40,8 @@ DURATION=${BENCH_DURATION:-60}
 WARMUP=${BENCH_WARMUP:-8}
 BARE_DURATION=${BENCH_BARE_DURATION:-30}
 INTERVAL=${BENCH_INTERVAL:-1s}
-BIN=$REPO/target/release
+# The binaries measured (BENCH_BIN=dir: a saved build, e.g. a baseline for before/after).
+BIN=${BENCH_BIN:-$REPO/target/release}
 # The daemon binary measured (BENCH_GRIDWATCH=path compares another build, e.g. a baseline).
 GRIDWATCH=${BENCH_GRIDWATCH:-$BIN/gridwatch}
 CLK_TCK=$(getconf CLK_TCK)
@@ -309,8 +312,13 @@ run_hook() { # run_hook NAME SUBCOMMAND FILE FUNCTION OUT
         echo "{\"status\":\"not_run\",\"reason\":\"needs ${sub:+gridwatch-sim $sub and }${file#"$REPO"/} (being built)\"}" >"$out"
     fi
 }
-run_hook mqtt mqtt-load "$REPO/scripts/bench-mqtt.sh" bench_mqtt "$WORK/mqtt.json"
-run_hook alarms "" "$REPO/scripts/bench-alarm.sh" bench_alarm "$WORK/alarm.json"
+skipped() { echo '{"status":"skipped","reason":"'"$1"' set"}' >"$2"; }
+if [[ -n "${BENCH_SKIP_MQTT:-}" ]]; then skipped BENCH_SKIP_MQTT "$WORK/mqtt.json"; else
+    run_hook mqtt mqtt-load "$REPO/scripts/bench-mqtt.sh" bench_mqtt "$WORK/mqtt.json"
+fi
+if [[ -n "${BENCH_SKIP_ALARM:-}" ]]; then skipped BENCH_SKIP_ALARM "$WORK/alarm.json"; else
+    run_hook alarms "" "$REPO/scripts/bench-alarm.sh" bench_alarm "$WORK/alarm.json"
+fi
 
 # ------------------------------------------------------------------ the report
 python3 - "$WORK" "$DEVICES" <<'PY'

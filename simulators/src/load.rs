@@ -91,8 +91,10 @@ fn table_index(t: Table) -> usize {
 }
 
 /// A plausible magnitude for a register, from its unit, so scaled integers stay in range.
-fn nominal(unit: Option<&str>) -> f64 {
-    match unit {
+fn nominal(reg: &crate::profile::Register) -> f64 {
+    match reg.unit.as_deref() {
+        // Line-to-line voltages of a 230/400 V network (`voltage_l1_l2` ...).
+        Some("V") if is_line_to_line(&reg.name) => 400.0,
         Some("V") => 230.0,
         Some("A") => 40.0,
         Some("W" | "var" | "VA") => 3000.0,
@@ -102,6 +104,25 @@ fn nominal(unit: Option<&str>) -> f64 {
         Some("degC") => 45.0,
         Some("kWh" | "Wh" | "kvarh") => 12345.0,
         _ => 100.0,
+    }
+}
+
+/// `voltage_l1_l2`-style names: two phase conductors.
+fn is_line_to_line(name: &str) -> bool {
+    name.split('_')
+        .filter(|p| matches!(*p, "l1" | "l2" | "l3"))
+        .count()
+        == 2
+}
+
+/// How far a register wanders (fraction of nominal): a healthy fleet, so that the load test
+/// measures polling and not an alarm storm. Voltages ±2 % stay inside every standard's band;
+/// frequency moves by hundredths of a hertz (±0.1 % = ±0.05 Hz, inside ±0.2 Hz).
+fn wobble(reg: &crate::profile::Register) -> f64 {
+    if reg.unit.as_deref() == Some("Hz") {
+        0.001
+    } else {
+        0.02
     }
 }
 
@@ -136,7 +157,7 @@ impl Images {
                     }
                     // A slow wobble per register, different phase per register.
                     let phase = frame as f64 / FRAMES as f64 * std::f64::consts::TAU + i as f64;
-                    let value = nominal(reg.unit.as_deref()) * (1.0 + 0.02 * phase.sin());
+                    let value = nominal(reg) * (1.0 + wobble(reg) * phase.sin());
                     let enc = encode(reg, value, 0)?;
                     let at = (u32::from(reg.address) - t.lo) as usize;
                     if reg.table.is_bits() {
