@@ -18,7 +18,7 @@
 pub mod service;
 pub mod store;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -200,6 +200,11 @@ pub struct AlarmManager {
     alarms: BTreeMap<(String, String), Alarm>,
     next_id: u64,
     store: Arc<dyn AlarmStore>,
+    /// Keys of alarms changed since the last [`persist`](AlarmManager::persist): only these
+    /// are written, so an alarm storm costs what changed, not the whole list per change.
+    dirty: BTreeSet<(String, String)>,
+    /// Ids of alarms that left the list since the last persist.
+    removed: Vec<u64>,
 }
 
 impl AlarmManager {
@@ -216,6 +221,8 @@ impl AlarmManager {
             alarms,
             next_id,
             store,
+            dirty: BTreeSet::new(),
+            removed: Vec::new(),
         })
     }
 
@@ -235,10 +242,35 @@ impl AlarmManager {
             .collect()
     }
 
-    fn save(&self) {
-        if let Err(e) = self.store.save(&self.list()) {
+    /// Writes the alarms changed since the last call and forgets the removed ones; returns
+    /// after the store made that durable. On failure the changes are kept for the next call.
+    pub fn persist(&mut self) -> Result<(), StoreError> {
+        if self.dirty.is_empty() && self.removed.is_empty() {
+            return Ok(());
+        }
+        let changed: Vec<Alarm> = self
+            .dirty
+            .iter()
+            .filter_map(|k| self.alarms.get(k))
+            .cloned()
+            .collect();
+        self.store.save_changes(&changed, &self.removed)?;
+        self.dirty.clear();
+        self.removed.clear();
+        Ok(())
+    }
+
+    fn save(&mut self) {
+        if let Err(e) = self.persist() {
             tracing::error!(error = %e, "cannot save alarm state");
         }
+    }
+
+    fn remove(&mut self, key: &(String, String)) {
+        if let Some(a) = self.alarms.remove(key) {
+            self.removed.push(a.id);
+        }
+        self.dirty.remove(key);
     }
 
     fn note_transition(&mut self, key: &(String, String), at: Timestamp) -> bool {
@@ -258,8 +290,20 @@ impl AlarmManager {
         false
     }
 
-    /// Applies one detection; returns the resulting events.
+    /// Applies one detection and saves the state; returns the resulting events.
     pub fn apply(&mut self, d: &Detection) -> Vec<AlarmEvent> {
+        self.apply_all(std::slice::from_ref(d))
+    }
+
+    /// Applies detections in order and saves the state once (one store transaction for a
+    /// burst of changes); returns the resulting events in order.
+    pub fn apply_all(&mut self, detections: &[Detection]) -> Vec<AlarmEvent> {
+        let events = detections.iter().flat_map(|d| self.apply_one(d)).collect();
+        self.save();
+        events
+    }
+
+    fn apply_one(&mut self, d: &Detection) -> Vec<AlarmEvent> {
         let key = (d.device.id.clone(), d.rule.id.to_string());
         let mut events = Vec::new();
         let ev = |kind, a: &Alarm, notify| AlarmEvent {
@@ -353,13 +397,14 @@ impl AlarmManager {
                     let (evs, gone) = clear(a, d.ts, &mut |k, a| ev(k, a, true));
                     events.extend(evs);
                     if gone {
-                        self.alarms.remove(&key);
+                        self.remove(&key);
+                        return events;
                     }
                 }
             }
         }
-        if !events.is_empty() || d.change == Change::Clear {
-            self.save();
+        if self.alarms.contains_key(&key) {
+            self.dirty.insert(key);
         }
         events
     }
@@ -389,14 +434,15 @@ impl AlarmManager {
             AlarmState::ClearedUnacked => {
                 events.push(op(EventKind::Acknowledged, a));
                 events.push(op(EventKind::Removed, a));
-                self.alarms.remove(&key);
+                self.remove(&key);
             }
             AlarmState::Active | AlarmState::Acknowledged => {
                 a.state = AlarmState::Acknowledged;
                 events.push(op(EventKind::Acknowledged, a));
+                self.dirty.insert(key);
             }
         }
-        self.store.save(&self.list())?;
+        self.persist()?;
         Ok(events)
     }
 
@@ -426,7 +472,8 @@ impl AlarmManager {
             reading_ts: None,
             notify: true,
         };
-        self.store.save(&self.list())?;
+        self.dirty.insert(key);
+        self.persist()?;
         Ok(vec![e])
     }
 
@@ -443,6 +490,7 @@ impl AlarmManager {
         let mut events = Vec::new();
         let window = self.settings.flapping_window_ns;
         let mut remove = Vec::new();
+        let mut changed = Vec::new();
         for (key, a) in self.alarms.iter_mut() {
             let op = |kind, a: &Alarm, notify: bool| AlarmEvent {
                 kind,
@@ -452,6 +500,7 @@ impl AlarmManager {
                 notify,
             };
             if a.shelved_until.is_some_and(|t| now >= t) {
+                changed.push(key.clone());
                 a.shelved_until = None;
                 a.shelved_by = None;
                 if a.condition {
@@ -459,6 +508,7 @@ impl AlarmManager {
                 }
             }
             if a.flapping && now - a.last_change >= window {
+                changed.push(key.clone());
                 a.flapping = false;
                 a.transitions.clear();
                 if !a.condition {
@@ -470,12 +520,11 @@ impl AlarmManager {
                 }
             }
         }
+        self.dirty.extend(changed);
         for k in &remove {
-            self.alarms.remove(k);
+            self.remove(k);
         }
-        if !events.is_empty() || !remove.is_empty() {
-            self.save();
-        }
+        self.save();
         events
     }
 }

@@ -38,6 +38,9 @@ pub trait AlarmStore: Send + Sync {
     fn load(&self) -> Result<Vec<Alarm>, StoreError>;
     /// Replaces the saved set; returns after it is durable.
     fn save(&self, alarms: &[Alarm]) -> Result<(), StoreError>;
+    /// Writes `changed` (new or updated, by id) and deletes the alarms whose ids are in
+    /// `removed`, in one durable step; returns after it is durable.
+    fn save_changes(&self, changed: &[Alarm], removed: &[u64]) -> Result<(), StoreError>;
 }
 
 /// Keeps nothing (replay, tests).
@@ -49,6 +52,9 @@ impl AlarmStore for MemoryStore {
         Ok(Vec::new())
     }
     fn save(&self, _: &[Alarm]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn save_changes(&self, _: &[Alarm], _: &[u64]) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -100,6 +106,15 @@ impl AlarmStore for FileStore {
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         Ok(())
     }
+
+    /// A file is rewritten whole: merges the changes into what is saved.
+    fn save_changes(&self, changed: &[Alarm], removed: &[u64]) -> Result<(), StoreError> {
+        let mut all = self.load()?;
+        all.retain(|a| !removed.contains(&a.id) && !changed.iter().any(|c| c.id == a.id));
+        all.extend_from_slice(changed);
+        all.sort_by_key(|a| a.id);
+        self.save(&all)
+    }
 }
 
 /// The event log's `alarm_state` table: saved in the same durable database as the alarm
@@ -148,16 +163,29 @@ impl AlarmStore for EventLogStore {
     }
 
     fn save(&self, alarms: &[Alarm]) -> Result<(), StoreError> {
-        let rows = alarms
-            .iter()
-            .map(|a| {
-                let body = serde_json::to_string(a).map_err(|source| StoreError::Format {
-                    path: format!("alarm_state id {}", a.id),
-                    source,
-                })?;
-                Ok((i64::try_from(a.id).unwrap_or(i64::MAX), body))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(self.log.save_alarm_state(&rows)?)
+        Ok(self.log.save_alarm_state(&rows(alarms)?)?)
     }
+
+    fn save_changes(&self, changed: &[Alarm], removed: &[u64]) -> Result<(), StoreError> {
+        let removed: Vec<i64> = removed.iter().map(|&id| row_id(id)).collect();
+        Ok(self.log.update_alarm_state(&rows(changed)?, &removed)?)
+    }
+}
+
+fn row_id(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+/// `(id, JSON)` rows of the `alarm_state` table.
+fn rows(alarms: &[Alarm]) -> Result<Vec<(i64, String)>, StoreError> {
+    alarms
+        .iter()
+        .map(|a| {
+            let body = serde_json::to_string(a).map_err(|source| StoreError::Format {
+                path: format!("alarm_state id {}", a.id),
+                source,
+            })?;
+            Ok((row_id(a.id), body))
+        })
+        .collect()
 }

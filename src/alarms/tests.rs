@@ -279,3 +279,107 @@ fn state_lives_in_the_event_log_and_an_old_state_file_is_imported_once() {
     assert_eq!(m.list(), acked);
     assert_eq!(m.list()[0].state, AlarmState::Acknowledged);
 }
+
+/// Records what each save wrote, to check that a change writes only what changed.
+#[derive(Default)]
+struct CountingStore {
+    writes: std::sync::Mutex<Vec<(usize, usize)>>,
+}
+
+impl store::AlarmStore for CountingStore {
+    fn load(&self) -> Result<Vec<Alarm>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn save(&self, alarms: &[Alarm]) -> Result<(), StoreError> {
+        self.save_changes(alarms, &[])
+    }
+    fn save_changes(&self, changed: &[Alarm], removed: &[u64]) -> Result<(), StoreError> {
+        let mut w = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        w.push((changed.len(), removed.len()));
+        Ok(())
+    }
+}
+
+fn storm(n: usize, change: Change, ts_s: i64) -> Vec<Detection> {
+    (0..n)
+        .map(|i| {
+            let mut d = det(change, Severity::Warning, ts_s);
+            d.device = Arc::new(DeviceInfo {
+                id: format!("MT-{i:05}"),
+                ..(*dev()).clone()
+            });
+            d
+        })
+        .collect()
+}
+
+#[test]
+fn an_alarm_storm_writes_what_changed_once_per_burst() {
+    let settings = AlarmSettings {
+        flapping_transitions: 5,
+        flapping_window_ns: 600 * S,
+        max_shelve_ns: 3600 * S,
+    };
+    let store = Arc::new(CountingStore::default());
+    let mut m = AlarmManager::new(settings, store.clone()).unwrap_or_else(|e| panic!("{e}"));
+    // 2,000 meters raise at once (a frequency excursion is system-wide): one write of 2,000.
+    let raised = m.apply_all(&storm(2000, Change::Raise, 1));
+    assert_eq!(raised.len(), 2000);
+    // One meter clears: one write of that one alarm, not of the 2,000 on the list.
+    m.apply(&storm(1, Change::Clear, 2)[0]);
+    // Acknowledging the cleared alarm removes it: one deletion.
+    let id = m.list()[0].id;
+    m.ack(id, Some("op".into()), 3 * S).unwrap_or_default();
+    // Nothing changed: nothing written.
+    m.tick(4 * S);
+    let writes = store
+        .writes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(writes, [(2000, 0), (1, 0), (0, 1)]);
+    assert_eq!(m.list().len(), 1999);
+}
+
+#[test]
+fn incremental_saves_leave_the_database_equal_to_the_list() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let open = || {
+        crate::eventlog::EventLog::open(
+            dir.path(),
+            &crate::config::EventLogConfig::default(),
+            &[],
+            crate::hub::Hub::new(),
+            &crate::metrics::Registry::new(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let settings = AlarmSettings {
+        flapping_transitions: 5,
+        flapping_window_ns: 600 * S,
+        max_shelve_ns: 3600 * S,
+    };
+    let mut m = AlarmManager::new(settings, Arc::new(store::EventLogStore::new(open())))
+        .unwrap_or_else(|e| panic!("{e}"));
+    m.apply_all(&storm(50, Change::Raise, 1));
+    m.apply_all(&storm(10, Change::Clear, 2));
+    let first = m.list()[0].id;
+    m.ack(first, Some("op".into()), 3 * S).unwrap_or_default();
+    m.shelve(m.list()[20].id, 60 * S, Some("op".into()), 3 * S)
+        .unwrap_or_default();
+    // Still active (the cleared ones are MT-00000..09).
+    let mut escalated: Vec<Detection> = storm(25, Change::Escalate, 4)
+        .into_iter()
+        .skip(20)
+        .collect();
+    for d in &mut escalated {
+        d.severity = Severity::Critical;
+    }
+    m.apply_all(&escalated);
+    let expected = m.list();
+    drop(m);
+    let m = AlarmManager::new(settings, Arc::new(store::EventLogStore::new(open())))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.list(), expected);
+    assert_eq!(expected.len(), 49);
+}

@@ -473,6 +473,18 @@ impl EventLog {
         Ok(id)
     }
 
+    /// Records `events` in one transaction (durable when this returns): a burst of status
+    /// changes costs one commit, not one each.
+    pub fn record_all(&self, events: &[Event]) -> Result<(), EventLogError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        for e in events {
+            self.insert_event(&tx, e)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn insert_event(&self, tx: &Transaction<'_>, e: &Event) -> Result<i64, EventLogError> {
         let (site, feeder) = e
             .device
@@ -821,6 +833,32 @@ impl EventLog {
             let mut stmt = tx.prepare("INSERT INTO alarm_state (id, body) VALUES (?1, ?2)")?;
             for (id, body) in alarms {
                 stmt.execute(rusqlite::params![id, body])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Upserts the alarm engine's changed alarms and deletes the removed ones, in one
+    /// transaction (durable when this returns).
+    pub fn update_alarm_state(
+        &self,
+        changed: &[(i64, String)],
+        removed: &[i64],
+    ) -> Result<(), EventLogError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut delete = tx.prepare("DELETE FROM alarm_state WHERE id = ?1")?;
+            for id in removed {
+                delete.execute([id])?;
+            }
+            let mut upsert = tx.prepare(
+                "INSERT INTO alarm_state (id, body) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+            )?;
+            for (id, body) in changed {
+                upsert.execute(rusqlite::params![id, body])?;
             }
         }
         tx.commit()?;
