@@ -101,12 +101,12 @@ fn encode_bench(c: &mut Criterion) {
     let p = profile();
     let wide = readings(&p, N);
     // A narrow point as in most line-protocol benchmarks: 5 fields.
-    let schema5 = Arc::new(Schema {
-        fields: ["voltage", "current", "power", "energy", "temperature"]
+    let schema5 = Arc::new(Schema::new(
+        ["voltage", "current", "power", "energy", "temperature"]
             .iter()
             .map(|n| FieldDef::new(*n, None))
             .collect(),
-    });
+    ));
     let narrow: Vec<Reading> = (0..N)
         .map(|i| Reading {
             device: device(i),

@@ -4,6 +4,7 @@
 //! consumer. Device metadata and field schemas are built once (at start-up, or when an MQTT
 //! device is first seen) and shared by pointer, so the hot path never copies strings.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -94,15 +95,46 @@ impl FieldDef {
 pub struct Schema {
     /// Fields, indexed by [`FieldId`].
     pub fields: Vec<FieldDef>,
+    /// Field id by name: rules and KPIs look fields up by name on every reading, and most
+    /// names they ask for are absent (a meter has no oil temperature), which a scan pays in
+    /// full.
+    #[serde(skip)]
+    index: HashMap<String, FieldId>,
 }
 
 impl Schema {
+    /// A schema of `fields`, in this order (the first wins if a name repeats).
+    pub fn new(fields: Vec<FieldDef>) -> Self {
+        let mut index = HashMap::with_capacity(fields.len());
+        for (i, f) in fields.iter().enumerate() {
+            if let Ok(id) = FieldId::try_from(i) {
+                index.entry(f.name.clone()).or_insert(id);
+            }
+        }
+        Schema { fields, index }
+    }
+
+    /// Adds a field at the end; returns its id (`None` when the schema is full). Use this, not
+    /// `fields.push`, so that [`id_of`](Self::id_of) finds it.
+    pub fn push(&mut self, field: FieldDef) -> Option<FieldId> {
+        let id = FieldId::try_from(self.fields.len()).ok()?;
+        self.index.entry(field.name.clone()).or_insert(id);
+        self.fields.push(field);
+        Some(id)
+    }
+
     /// Looks a field up by name.
     pub fn id_of(&self, name: &str) -> Option<FieldId> {
-        self.fields
-            .iter()
-            .position(|f| f.name == name)
-            .and_then(|i| FieldId::try_from(i).ok())
+        match self.index.get(name) {
+            Some(id) => Some(*id),
+            // Fewer names than fields: a repeated name, or fields pushed past `push`.
+            None if self.index.len() < self.fields.len() => self
+                .fields
+                .iter()
+                .position(|f| f.name == name)
+                .and_then(|i| FieldId::try_from(i).ok()),
+            None => None,
+        }
     }
 
     /// The name of field `id` (empty if out of range).
@@ -146,12 +178,12 @@ impl Reading {
         Reading {
             device,
             ts,
-            schema: Arc::new(Schema {
-                fields: values
+            schema: Arc::new(Schema::new(
+                values
                     .iter()
                     .map(|(n, _)| FieldDef::new(*n, None))
                     .collect(),
-            }),
+            )),
             values: values
                 .iter()
                 .enumerate()
@@ -164,6 +196,10 @@ impl Reading {
     /// The value of a field by name, if the reading has it.
     pub fn get(&self, name: &str) -> Option<f64> {
         let id = self.schema.id_of(name)?;
-        self.values.iter().find(|(f, _)| *f == id).map(|(_, v)| *v)
+        // Sources emit values in schema order, so the value of field `id` is usually at `id`.
+        match self.values.get(usize::from(id)) {
+            Some((f, v)) if *f == id => Some(*v),
+            _ => self.values.iter().find(|(f, _)| *f == id).map(|(_, v)| *v),
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! polling.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -112,4 +113,34 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Receives readings in chunks: waits for the first, lets more gather for `linger`, then
+/// takes what is queued, up to `max` in `buf` in all. Returns how many `buf` holds; 0 only
+/// when the channel is closed and empty.
+///
+/// Waking a task for every reading costs more than handling it (at 10,000 readings/s, each
+/// consumer would be woken 10,000 times a second, mostly across threads); a consumer that
+/// can wait a few milliseconds is woken once per chunk instead. Cancel-safe: readings
+/// already moved into `buf` stay there for the next call.
+pub async fn recv_chunk<T>(
+    rx: &mut mpsc::Receiver<T>,
+    buf: &mut Vec<T>,
+    max: usize,
+    linger: Duration,
+) -> usize {
+    let max = max.max(1);
+    if buf.is_empty() && rx.recv_many(buf, max).await == 0 {
+        return 0;
+    }
+    if buf.len() < max && !linger.is_zero() {
+        tokio::time::sleep(linger).await;
+        while buf.len() < max {
+            match rx.try_recv() {
+                Ok(item) => buf.push(item),
+                Err(_) => break,
+            }
+        }
+    }
+    buf.len()
 }

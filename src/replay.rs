@@ -185,12 +185,11 @@ pub fn for_each_reading(
                 Some(id) => id,
                 None => {
                     let mut s = (*slot.schema).clone();
-                    s.fields.push(FieldDef::new(key.as_str(), None));
+                    let Some(id) = s.push(FieldDef::new(key.as_str(), None)) else {
+                        continue;
+                    };
                     slot.schema = Arc::new(s);
-                    match slot.schema.id_of(key.as_str()) {
-                        Some(id) => id,
-                        None => continue,
-                    }
+                    id
                 }
             };
             values.push((id, v));

@@ -72,13 +72,69 @@ pub struct DeriveContext {
     pub thermal: ThermalParams,
 }
 
+/// A quantity of [`DERIVED`], resolved from its name once (rules keep it, so that a reading
+/// does not compare every rule's field name with every derived name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derived {
+    /// `load_pct`.
+    LoadPct,
+    /// `current_unbalance_pct`.
+    CurrentUnbalancePct,
+    /// `voltage_unbalance_pct`.
+    VoltageUnbalancePct,
+    /// `voltage_dev_max_pct`.
+    VoltageDevMaxPct,
+    /// `voltage_dev_min_pct`.
+    VoltageDevMinPct,
+    /// `phases_lost`.
+    PhasesLost,
+    /// `neutral_loss_pct`.
+    NeutralLossPct,
+    /// `frequency_dev_hz`.
+    FrequencyDevHz,
+    /// `hot_spot_est`.
+    HotSpotEst,
+    /// `ageing_factor`.
+    AgeingFactor,
+    /// `clock_drift_s`.
+    ClockDriftS,
+}
+
+impl Derived {
+    /// The derived quantity called `name`, or `None` for a plain reading field.
+    pub fn from_name(name: &str) -> Option<Derived> {
+        Some(match name {
+            "load_pct" => Derived::LoadPct,
+            "current_unbalance_pct" => Derived::CurrentUnbalancePct,
+            "voltage_unbalance_pct" => Derived::VoltageUnbalancePct,
+            "voltage_dev_max_pct" => Derived::VoltageDevMaxPct,
+            "voltage_dev_min_pct" => Derived::VoltageDevMinPct,
+            "phases_lost" => Derived::PhasesLost,
+            "neutral_loss_pct" => Derived::NeutralLossPct,
+            "frequency_dev_hz" => Derived::FrequencyDevHz,
+            "hot_spot_est" => Derived::HotSpotEst,
+            "ageing_factor" => Derived::AgeingFactor,
+            "clock_drift_s" => Derived::ClockDriftS,
+            _ => return None,
+        })
+    }
+}
+
 /// The value of quantity `name` for `r`: derived if `name` is in [`DERIVED`], else the field.
 pub fn quantity(r: &Reading, name: &str, ctx: &DeriveContext) -> Option<f64> {
+    match Derived::from_name(name) {
+        Some(d) => derived(r, d, ctx),
+        None => r.get(name),
+    }
+}
+
+/// The value of the derived quantity `d` for `r`.
+pub fn derived(r: &Reading, d: Derived, ctx: &DeriveContext) -> Option<f64> {
     let nominal = r.device.nominal_voltage;
     let phases = || phase_voltages(r);
-    match name {
-        "load_pct" => load_pct(r),
-        "current_unbalance_pct" => {
+    match d {
+        Derived::LoadPct => load_pct(r),
+        Derived::CurrentUnbalancePct => {
             // A lost phase carries no current: that is the phase-loss alarm, not unbalance.
             if let (Some(v), Some(n)) = (phases(), nominal)
                 && v.iter().any(|x| *x < LOST_PHASE_PU * n)
@@ -91,7 +147,7 @@ pub fn quantity(r: &Reading, name: &str, ctx: &DeriveContext) -> Option<f64> {
                 r.get("current_c")?,
             ])
         }
-        "voltage_unbalance_pct" => {
+        Derived::VoltageUnbalancePct => {
             let v = phases()?;
             if let Some(n) = nominal
                 && v.iter().any(|x| *x < LOST_PHASE_PU * n)
@@ -100,12 +156,12 @@ pub fn quantity(r: &Reading, name: &str, ctx: &DeriveContext) -> Option<f64> {
             }
             voltage_unbalance_nema(v)
         }
-        "voltage_dev_max_pct" => voltage_deviations(r)?.map(|(hi, _)| hi),
-        "voltage_dev_min_pct" => voltage_deviations(r)?.map(|(_, lo)| lo),
-        "phases_lost" => Some(f64::from(phases_lost(phases()?, nominal?))),
-        "neutral_loss_pct" => neutral_loss_pct(phases()?, nominal?),
-        "frequency_dev_hz" => Some((r.get("frequency")? - ctx.nominal_frequency).abs()),
-        "hot_spot_est" => {
+        Derived::VoltageDevMaxPct => voltage_deviations(r)?.map(|(hi, _)| hi),
+        Derived::VoltageDevMinPct => voltage_deviations(r)?.map(|(_, lo)| lo),
+        Derived::PhasesLost => Some(f64::from(phases_lost(phases()?, nominal?))),
+        Derived::NeutralLossPct => neutral_loss_pct(phases()?, nominal?),
+        Derived::FrequencyDevHz => Some((r.get("frequency")? - ctx.nominal_frequency).abs()),
+        Derived::HotSpotEst => {
             // Only when the winding is not measured: a measured winding temperature wins.
             if r.get("winding_temp").is_some() {
                 return None;
@@ -116,14 +172,14 @@ pub fn quantity(r: &Reading, name: &str, ctx: &DeriveContext) -> Option<f64> {
                 &ctx.thermal,
             ))
         }
-        "ageing_factor" => {
+        Derived::AgeingFactor => {
             let h = match r.get("winding_temp") {
                 Some(w) => w,
                 None => hot_spot(r.get("oil_temp")?, load_pct(r)? / 100.0, &ctx.thermal),
             };
             Some(ageing_factor_iec(h, ctx.thermal.reference_hot_spot_c))
         }
-        "clock_drift_s" => {
+        Derived::ClockDriftS => {
             let ts_s = r.ts as f64 / 1e9;
             match (r.get("clock_offset"), r.get("meter_time")) {
                 (Some(off), _) => Some(off.abs()),
@@ -131,7 +187,6 @@ pub fn quantity(r: &Reading, name: &str, ctx: &DeriveContext) -> Option<f64> {
                 _ => None,
             }
         }
-        other => r.get(other),
     }
 }
 

@@ -230,6 +230,7 @@ fn located_rule(id: &str, description: &str, action: &str) -> Arc<Rule> {
         id: Arc::from(id),
         rule_type: RuleType::Located,
         field: String::new(),
+        derived: None,
         kinds: None,
         devices: None,
         enabled: true,

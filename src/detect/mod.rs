@@ -16,11 +16,11 @@ pub mod derived;
 pub mod locate;
 pub mod state;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use config::{AlarmsConfig, Direction, Level, RuleConfig, RuleType, Severity, VoltageStandard};
-use derived::{DeriveContext, quantity};
+use derived::DeriveContext;
 use state::{Ewma, LevelTracker, RateWindow, ResolvedLevel, StuckCounter, Transition};
 
 use crate::model::{DeviceInfo, Reading, Timestamp};
@@ -67,6 +67,8 @@ pub struct Rule {
     pub rule_type: RuleType,
     /// Quantity name (reading field or derived).
     pub field: String,
+    /// `field` resolved, when it names a derived quantity.
+    derived: Option<derived::Derived>,
     kinds: Option<Vec<String>>,
     devices: Option<Vec<String>>,
     enabled: bool,
@@ -90,6 +92,14 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The rule's quantity for `r` (a derived one, or the field itself).
+    fn quantity(&self, r: &Reading, ctx: &DeriveContext) -> Option<f64> {
+        match self.derived {
+            Some(d) => derived::derived(r, d, ctx),
+            None => r.get(&self.field),
+        }
+    }
+
     fn applies_to(&self, d: &DeviceInfo) -> bool {
         self.kinds.as_ref().is_none_or(|k| k.contains(&d.kind))
     }
@@ -280,6 +290,7 @@ fn resolve(index: usize, e: &RuleConfig, a: &AlarmsConfig) -> Result<Rule, RuleE
     Ok(Rule {
         id: Arc::from(e.id.as_str()),
         rule_type,
+        derived: derived::Derived::from_name(&field),
         field,
         kinds: e.kinds.clone(),
         devices: e.devices.clone(),
@@ -453,17 +464,19 @@ impl Engine {
         dev.last_seen = dev.last_seen.max(r.ts);
         dev.latest = Some(Arc::clone(r));
         let mut out = Vec::new();
-        let mut conditions: HashSet<Arc<str>> = HashSet::new();
+        // Rules whose condition is present, for `suppressed_by` of the rules after them:
+        // rarely more than one or two, so a list beats a set.
+        let mut conditions: Vec<&str> = Vec::new();
         for s in &mut dev.rules {
-            let rule = Arc::clone(&s.rule);
+            let rule = &s.rule;
             let suppressed = rule
                 .suppressed_by
                 .iter()
-                .any(|id| conditions.contains(id.as_str()));
+                .any(|id| conditions.contains(&id.as_str()));
             let raw = if rule.rule_type == RuleType::Stale {
                 Some(0.0)
             } else {
-                quantity(r, &rule.field, &ctx)
+                rule.quantity(r, &ctx)
             };
             let x = match (&mut s.extra, raw) {
                 (_, None) => None,
@@ -483,7 +496,7 @@ impl Engine {
             let upstream_has_it = correlate
                 && rule.upstream
                 && parent.as_ref().is_some_and(|p| {
-                    quantity(p, &rule.field, &ctx).is_some_and(|px| {
+                    rule.quantity(p, &ctx).is_some_and(|px| {
                         rule.levels.first().is_some_and(|l| match rule.direction {
                             Direction::Above => px >= l.raise,
                             Direction::Below => px <= l.raise,
@@ -497,10 +510,10 @@ impl Engine {
                     .update(r.ts, x, &rule.levels, rule.direction, rule.delay_off_ns)
             };
             if s.tracker.condition() {
-                conditions.insert(Arc::clone(&rule.id));
+                conditions.push(&rule.id);
             }
             if let Some(t) = t {
-                out.push(detection(&dev.info, &rule, t, x, r.ts));
+                out.push(detection(&dev.info, rule, t, x, r.ts));
             }
         }
         out

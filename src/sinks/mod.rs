@@ -120,8 +120,8 @@ impl Buffer {
     pub async fn front(&self) -> Option<Outgoing> {
         match self {
             Buffer::Memory(q) => q.front().map(|batch| Outgoing { batch, id: None }),
-            Buffer::Spool(s) => s.front().await.map(|(b, id)| Outgoing {
-                batch: Arc::new(b),
+            Buffer::Spool(s) => s.front().await.map(|(batch, id)| Outgoing {
+                batch,
                 id: Some(id),
             }),
         }
@@ -234,6 +234,13 @@ pub struct BatchSettings {
     pub flush_interval: Duration,
 }
 
+/// Most readings the batcher encodes per wake-up (and journals in one record).
+const BATCHER_CHUNK: usize = 1024;
+
+/// How long the batcher lets readings gather after the first one: batches are flushed by
+/// `flush_interval` (a second by default), so 10 ms costs nothing in delivery.
+const BATCHER_LINGER: Duration = Duration::from_millis(10);
+
 /// Encodes readings into batches until the pipeline closes `rx`, then flushes the last one.
 pub async fn run_batcher(
     rx: mpsc::Receiver<Arc<Reading>>,
@@ -263,15 +270,32 @@ pub async fn run_batcher_with_lines(
     let mut points = 0usize;
     let mut tick = tokio::time::interval(settings.flush_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut chunk = Vec::with_capacity(BATCHER_CHUNK);
     loop {
+        // A chunk never takes the batch past `batch_size`.
+        let room = settings
+            .batch_size
+            .saturating_sub(points)
+            .clamp(1, BATCHER_CHUNK);
         tokio::select! {
-            maybe = rx.recv() => {
-                let Some(reading) = maybe else { break };
-                let before = body.len();
-                lineproto::write_reading(&mut body, &reading);
-                if body.len() > before {
-                    points += 1;
-                    queue.journal(&body.as_bytes()[before..], 1);
+            n = crate::pipeline::recv_chunk(&mut rx, &mut chunk, room, BATCHER_LINGER) => {
+                if n == 0 {
+                    break;
+                }
+                let start = body.len();
+                let mut added = 0u32;
+                for reading in chunk.drain(..) {
+                    let before = body.len();
+                    lineproto::write_reading(&mut body, &reading);
+                    if body.len() > before {
+                        added += 1;
+                    }
+                }
+                if added > 0 {
+                    // One journal record (one `write`) per chunk: every encoded reading is
+                    // journaled before the next chunk is taken.
+                    queue.journal(&body.as_bytes()[start..], added);
+                    points += added as usize;
                 }
                 if points >= settings.batch_size {
                     seal(&mut body, &mut points, &queue, &encoded).await;

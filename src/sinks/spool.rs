@@ -293,6 +293,9 @@ pub struct Spool {
     settings: SpoolSettings,
     inner: Mutex<Inner>,
     journal: Mutex<Journal>,
+    /// The batch appended last, still in memory: normally the writer sends it next, and it
+    /// need not be read back from the disk it was just written to.
+    newest: Mutex<Option<(RecordId, Arc<Batch>)>>,
     /// Wakes the writer when a batch arrived or the spool closed.
     arrived: Notify,
     /// Wakes a blocked pusher when space was freed.
@@ -463,6 +466,7 @@ impl Spool {
                 used: false,
                 failing: false,
             }),
+            newest: Mutex::new(None),
             arrived: Notify::new(),
             space: Notify::new(),
             closed: AtomicBool::new(false),
@@ -477,6 +481,7 @@ impl Spool {
                 tracing::warn!(file = %journal_path.display(), "the open batch's journal ends in a torn record; kept the good ones");
             }
             if batch.points > 0 {
+                let batch = Arc::new(batch);
                 spool.append(&batch)?;
                 rec.batches += 1;
                 rec.points += batch.points as u64;
@@ -510,6 +515,10 @@ impl Spool {
         j.file = Some(file);
         j.used = false;
         Ok(())
+    }
+
+    fn lock_newest(&self) -> MutexGuard<'_, Option<(RecordId, Arc<Batch>)>> {
+        self.newest.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_journal(&self) -> MutexGuard<'_, Journal> {
@@ -617,7 +626,7 @@ impl Spool {
         inner.pending_batches > 0 && inner.disk_bytes + need > self.settings.max_bytes
     }
 
-    fn append(&self, batch: &Batch) -> Result<(), SpoolError> {
+    fn append(&self, batch: &Arc<Batch>) -> Result<(), SpoolError> {
         let mut buf = Vec::with_capacity(RECORD_HEADER + batch.body.len());
         let points = u32::try_from(batch.points).unwrap_or(u32::MAX);
         encode_record(&mut buf, points, batch.body.as_bytes());
@@ -696,6 +705,11 @@ impl Spool {
             len: (need as usize - RECORD_HEADER) as u32,
             points,
         });
+        let rid = RecordId {
+            segment: seg.id,
+            offset,
+        };
+        *self.lock_newest() = Some((rid, Arc::clone(batch)));
         inner.disk_bytes += need;
         inner.pending_points += u64::from(points);
         inner.pending_batches += 1;
@@ -742,7 +756,7 @@ impl Spool {
     /// The oldest unacknowledged batch, read back from disk, or `None` when the spool is
     /// empty. A record that cannot be read back (deleted or damaged file) is logged,
     /// counted and skipped so that it never blocks the rest.
-    pub async fn front(self: &Arc<Self>) -> Option<(Batch, RecordId)> {
+    pub async fn front(self: &Arc<Self>) -> Option<(Arc<Batch>, RecordId)> {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || this.front_blocking())
             .await
@@ -750,7 +764,7 @@ impl Spool {
             .flatten()
     }
 
-    fn front_blocking(&self) -> Option<(Batch, RecordId)> {
+    fn front_blocking(&self) -> Option<(Arc<Batch>, RecordId)> {
         loop {
             let (id, meta) = {
                 let inner = self.lock();
@@ -761,8 +775,13 @@ impl Spool {
                 segment: id,
                 offset: meta.offset,
             };
+            if let Some((newest, batch)) = self.lock_newest().as_ref()
+                && *newest == rid
+            {
+                return Some((Arc::clone(batch), rid));
+            }
             match self.read_record(id, meta) {
-                Ok(batch) => return Some((batch, rid)),
+                Ok(batch) => return Some((Arc::new(batch), rid)),
                 Err(e) => {
                     self.metrics.io_errors.inc();
                     tracing::error!(segment = id, offset = meta.offset, error = %e, points = meta.points, "cannot read a spooled batch back; skipping it");
@@ -796,6 +815,12 @@ impl Spool {
     }
 
     fn ack_blocking(&self, id: RecordId) {
+        {
+            let mut newest = self.lock_newest();
+            if newest.as_ref().is_some_and(|(n, _)| *n == id) {
+                *newest = None;
+            }
+        }
         let mut inner = self.lock();
         let Some(pos) = inner.segments.iter().position(|s| s.id == id.segment) else {
             // Dropped by drop_oldest while in flight.

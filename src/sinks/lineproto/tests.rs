@@ -28,9 +28,9 @@ fn reading(dev: DeviceInfo, names: &[&str], values: Vec<(FieldId, f64)>, ts: i64
     Reading {
         device: Arc::new(dev),
         ts,
-        schema: Arc::new(Schema {
-            fields: names.iter().map(|n| FieldDef::new(*n, None)).collect(),
-        }),
+        schema: Arc::new(Schema::new(
+            names.iter().map(|n| FieldDef::new(*n, None)).collect(),
+        )),
         values,
         quality: Quality::Good,
     }
@@ -456,4 +456,41 @@ fn integer_fast_path_prints_what_ryu_prints() {
         super::push_f64(&mut out, v);
         assert_eq!(out, ryu::Buffer::new().format_finite(v), "{v:e}");
     }
+}
+
+#[test]
+fn decimal_fast_path_prints_what_ryu_prints() {
+    // Every 16-bit register (signed and unsigned) at the decimal scales profiles use, as the
+    // decoder produces them (an exact division), plus larger counters and values around the
+    // fast path's limits.
+    let mut cases = Vec::new();
+    for p in [10.0, 100.0, 1000.0] {
+        for raw in -70_000..=70_000 {
+            cases.push(f64::from(raw) / p);
+        }
+        let mut raw: i64 = 70_001;
+        while raw < 2_000_000_000_000 {
+            cases.push(raw as f64 / p);
+            raw = raw * 3 + 7;
+        }
+    }
+    cases.extend([
+        0.001,
+        0.0011,
+        0.0009,
+        999_999_999.9,
+        1e9 + 0.5,
+        -0.015,
+        0.1 + 0.2,
+    ]);
+    let mut fast = 0;
+    for v in cases {
+        let mut out = String::new();
+        super::push_f64(&mut out, v);
+        assert_eq!(out, ryu::Buffer::new().format_finite(v), "{v:e}");
+        let mut probe = String::new();
+        fast += usize::from(v.fract() != 0.0 && super::push_short_decimal(&mut probe, v));
+    }
+    // The fast path is taken for the decimal register values, not only the fallback.
+    assert!(fast > 300_000, "fast path taken {fast} times");
 }

@@ -23,7 +23,7 @@ fn batch(i: usize) -> Arc<Batch> {
 async fn drain(spool: &Arc<Spool>) -> Vec<String> {
     let mut out = Vec::new();
     while let Some((b, id)) = spool.front().await {
-        out.push(b.body);
+        out.push(b.body.clone());
         spool.ack(id).await;
     }
     out

@@ -220,7 +220,7 @@ impl CompiledProfile {
         Ok(CompiledProfile {
             name: name.to_string(),
             registers: registers.clone(),
-            schema: Arc::new(Schema { fields }),
+            schema: Arc::new(Schema::new(fields)),
             field_of,
             sf_of,
             plan,

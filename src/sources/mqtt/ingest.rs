@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{MqttConfig, PayloadFormat};
 use crate::metrics::{Counter, Registry};
-use crate::model::{DeviceInfo, FieldDef, FieldId, Quality, Reading, Schema, Timestamp};
+use crate::model::{DeviceInfo, FieldDef, Quality, Reading, Schema, Timestamp};
 use crate::registry::DeviceRegistry;
 use crate::status::StatusBoard;
 
@@ -291,9 +291,11 @@ impl Ingest {
                             Some(id) => id,
                             None if schema.fields.len() < MAX_NAMED_FIELDS => {
                                 let mut grown = Schema::clone(schema);
-                                grown.fields.push(FieldDef::new(name, None));
+                                let Some(id) = grown.push(FieldDef::new(name, None)) else {
+                                    continue;
+                                };
                                 *schema = Arc::new(grown);
-                                (schema.fields.len() - 1) as FieldId
+                                id
                             }
                             None => continue,
                         };

@@ -6,6 +6,8 @@
 //! unit-tested and fuzzed without a broker. Values are finite after scaling, or the message
 //! is rejected: a reading never carries NaN or infinity.
 
+mod extract;
+
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -150,9 +152,10 @@ pub struct Mapping {
     format: PayloadFormat,
     fields: Vec<FieldSpec>,
     schema: Arc<Schema>,
-    ts_pointer: String,
     ts_format: TimestampFormat,
     max_payload: usize,
+    /// The fields' pointers (slot = field index), then the timestamp's.
+    paths: extract::Paths,
 }
 
 /// `v.a` → `/v/a`; a path starting with `/` is already a JSON pointer.
@@ -182,7 +185,7 @@ fn type_name(v: &Value) -> &'static str {
 impl Mapping {
     /// Compiles `cfg`; `max_payload` bounds the accepted message size.
     pub fn new(cfg: &SubscriptionConfig, max_payload: usize) -> Mapping {
-        let fields = cfg
+        let fields: Vec<FieldSpec> = cfg
             .fields
             .iter()
             .map(|f| FieldSpec {
@@ -192,20 +195,26 @@ impl Mapping {
                 equals: f.equals.clone(),
             })
             .collect();
-        let schema = Arc::new(Schema {
-            fields: cfg
-                .fields
+        let schema = Arc::new(Schema::new(
+            cfg.fields
                 .iter()
                 .map(|f| FieldDef::new(f.name.clone(), f.unit.clone()))
                 .collect(),
-        });
+        ));
+        let ts_pointer = json_pointer(&cfg.timestamp.path);
+        let paths = extract::Paths::new(
+            fields
+                .iter()
+                .map(|f: &FieldSpec| f.pointer.as_str())
+                .chain([ts_pointer.as_str()]),
+        );
         Mapping {
             format: cfg.format,
             fields,
             schema,
-            ts_pointer: json_pointer(&cfg.timestamp.path),
             ts_format: cfg.timestamp.format,
             max_payload,
+            paths,
         }
     }
 
@@ -240,14 +249,14 @@ impl Mapping {
     }
 
     fn parse_json(&self, payload: &[u8]) -> Result<Point, Reject> {
-        let doc: Value =
-            serde_json::from_slice(payload).map_err(|e| Reject::BadJson(e.to_string()))?;
-        if !doc.is_object() {
+        let doc =
+            extract::extract(payload, &self.paths).map_err(|e| Reject::BadJson(e.to_string()))?;
+        if !doc.is_object {
             return Err(Reject::NotAnObject);
         }
         let mut values = Vec::with_capacity(self.fields.len());
         for (i, f) in self.fields.iter().enumerate() {
-            let Some(v) = doc.pointer(&f.pointer) else {
+            let Some(v) = doc.values.get(i).and_then(Option::as_ref) else {
                 continue;
             };
             let value = match (&f.equals, v) {
@@ -287,7 +296,7 @@ impl Mapping {
         if values.is_empty() {
             return Err(Reject::NoFields);
         }
-        let ts = match doc.pointer(&self.ts_pointer) {
+        let ts = match doc.values.get(self.fields.len()).and_then(Option::as_ref) {
             None | Some(Value::Null) => None,
             Some(v) => Some(json_timestamp(v, self.ts_format)?),
         };
