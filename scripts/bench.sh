@@ -24,6 +24,8 @@
 #   BENCH_DEVICES="1000 5000 10000"  device counts      BENCH_UNITS=100   unit ids per port
 #   BENCH_DURATION=60   measured seconds per scenario   BENCH_WARMUP=8    seconds before it
 #   BENCH_BARE_DURATION=30  measured seconds of bare-poller per scenario
+#   BENCH_COLLECTION_DEVICES="10000"  device counts of the collection-only scenario (alarms
+#       and KPIs off; " " = none), BENCH_COLLECTION_DURATION=30, BENCH_COLLECTION_BARE_DURATION=15
 #   BENCH_INTERVAL=1s   poll interval                    BENCH_SKIP_BUILD=1  reuse target/release
 #   BENCH_SKIP_CRITERION=1  skip the micro-benchmarks   BENCH_KEEP=1  keep the work dir
 #   BENCH_GRIDWATCH=PATH  measure another gridwatch binary (before/after comparisons)
@@ -39,6 +41,9 @@ UNITS=${BENCH_UNITS:-100}
 DURATION=${BENCH_DURATION:-60}
 WARMUP=${BENCH_WARMUP:-8}
 BARE_DURATION=${BENCH_BARE_DURATION:-30}
+COLLECTION_DEVICES=${BENCH_COLLECTION_DEVICES:-10000}
+COLLECTION_DURATION=${BENCH_COLLECTION_DURATION:-30}
+COLLECTION_BARE_DURATION=${BENCH_COLLECTION_BARE_DURATION:-15}
 INTERVAL=${BENCH_INTERVAL:-1s}
 # The binaries measured (BENCH_BIN=dir: a saved build, e.g. a baseline for before/after).
 BIN=${BENCH_BIN:-$REPO/target/release}
@@ -108,11 +113,17 @@ VM_PID=$(cat "$GW_ROOT/vm/victoria-metrics.pid")
 log "VictoriaMetrics at $VM_URL"
 
 # ------------------------------------------------------------------ Modbus scenarios
-# run_modbus N — writes $WORK/modbus-N/result.json
+# run_modbus N [MODE] — writes $WORK/modbus-N[-MODE]/result.json. MODE "collection": the
+# daemon with [alarms] and [kpi] switched off (poll, decode, encode, spool, store, history):
+# the path the bare client is compared with, without the analysis built on top of it.
 run_modbus() {
-    local n=$1 dir="$WORK/modbus-$1" gateways=$(($1 / UNITS)) port sim gw
+    local n=$1 mode=${2:-full} gateways=$(($1 / UNITS)) port sim gw
+    local dir="$WORK/modbus-$1" duration=$DURATION bare_duration=$BARE_DURATION
+    if [[ $mode != full ]]; then
+        dir="$WORK/modbus-$1-$mode" duration=$COLLECTION_DURATION bare_duration=$COLLECTION_BARE_DURATION
+    fi
     mkdir -p "$dir"
-    log "modbus: $n devices = $gateways gateways x $UNITS units, $INTERVAL, ${DURATION}s"
+    log "modbus ($mode): $n devices = $gateways gateways x $UNITS units, $INTERVAL, ${duration}s"
     "$BIN/gridwatch-sim" load --gateways "$gateways" --units "$UNITS" --interval "$INTERVAL" \
         --daemon-config "$dir/devices.toml" --addrs-file "$dir/addrs" >"$dir/sim.out" 2>"$dir/sim.log" &
     sim=$!
@@ -135,6 +146,9 @@ org = "bench"
 bucket = "bench"
 
 EOF
+    if [[ $mode == collection ]]; then
+        printf '[alarms]\nenabled = false\n\n[kpi]\nenabled = false\n\n' >>"$dir/gridwatch.toml"
+    fi
     cat "$dir/devices.toml" >>"$dir/gridwatch.toml"
     RUST_LOG=${BENCH_RUST_LOG:-warn} "$GRIDWATCH" run --config "$dir/gridwatch.toml" >"$dir/daemon.log" 2>&1 &
     gw=$!
@@ -146,7 +160,7 @@ EOF
     scrape "http://127.0.0.1:$port" >"$dir/m0.txt"
     curl -fsS "$VM_URL/metrics" >"$dir/vm0.txt"
     t0=$(now_s) d0=$(cpu_s "$gw") s0=$(cpu_s "$sim") v0=$(cpu_s "$VM_PID")
-    sleep "$DURATION"
+    sleep "$duration"
     scrape "http://127.0.0.1:$port" >"$dir/m1.txt"
     curl -fsS "$VM_URL/metrics" >"$dir/vm1.txt"
     t1=$(now_s) d1=$(cpu_s "$gw") s1=$(cpu_s "$sim") v1=$(cpu_s "$VM_PID")
@@ -154,14 +168,14 @@ EOF
     rss=$(hwm_mb "$gw")
     stop_pid "$gw"
 
-    log "modbus: bare-poller on the same harness, ${BARE_DURATION}s"
+    log "modbus: bare-poller on the same harness, ${bare_duration}s"
     "$BIN/bare-poller" --addrs-file "$dir/addrs" --units "$UNITS" --interval "$INTERVAL" \
-        --warmup 3s --duration "${BARE_DURATION}s" >"$dir/bare.json" 2>"$dir/bare.log"
+        --warmup 3s --duration "${bare_duration}s" >"$dir/bare.json" 2>"$dir/bare.log"
     stop_pid "$sim"
 
-    python3 - "$dir" "$n" "$t0" "$t1" "$d0" "$d1" "$s0" "$s1" "$v0" "$v1" "$rss" "$INTERVAL" >"$dir/result.json" <<'PY'
+    python3 - "$dir" "$n" "$t0" "$t1" "$d0" "$d1" "$s0" "$s1" "$v0" "$v1" "$rss" "$INTERVAL" "$mode" >"$dir/result.json" <<'PY'
 import json, re, sys
-d, n, t0, t1, d0, d1, s0, s1, v0, v1, rss, interval = sys.argv[1:]
+d, n, t0, t1, d0, d1, s0, s1, v0, v1, rss, interval, mode = sys.argv[1:]
 n = int(n); secs = float(t1) - float(t0)
 iv = float(interval[:-2]) / 1000 if interval.endswith("ms") else float(interval[:-1])
 
@@ -227,6 +241,7 @@ gw_per_poll = gw_cpu * 1e6 / ok if ok else None
 r = lambda x, k=2: None if x is None else round(x, k)
 print(json.dumps({
     "devices": n,
+    "mode": mode,
     "registers_per_device": 60,
     "values_per_device": 50,
     "interval_s": iv,
@@ -257,6 +272,9 @@ PY
 
 for n in $DEVICES; do
     run_modbus "$n"
+done
+for n in $COLLECTION_DEVICES; do
+    run_modbus "$n" collection
 done
 
 # ------------------------------------------------------------------ micro-benchmarks
@@ -321,9 +339,9 @@ if [[ -n "${BENCH_SKIP_ALARM:-}" ]]; then skipped BENCH_SKIP_ALARM "$WORK/alarm.
 fi
 
 # ------------------------------------------------------------------ the report
-python3 - "$WORK" "$DEVICES" <<'PY'
+python3 - "$WORK" "$DEVICES" "$COLLECTION_DEVICES" <<'PY'
 import json, os, platform, subprocess, sys
-work, devices = sys.argv[1], sys.argv[2].split()
+work, devices, collection = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 def sh(*a):
     try:
@@ -332,8 +350,10 @@ def sh(*a):
         return None
 load = open("/proc/loadavg").read().split()[:3]
 modbus = [json.load(open(f"{work}/modbus-{n}/result.json")) for n in devices]
+modbus += [json.load(open(f"{work}/modbus-{n}-collection/result.json")) for n in collection]
 micro = json.load(open(f"{work}/criterion.json"))
-big = next((m for m in modbus if m["devices"] == 10000), None)
+big = next((m for m in modbus if m["devices"] == 10000 and m["mode"] == "full"), None)
+core = next((m for m in modbus if m["devices"] == 10000 and m["mode"] == "collection"), None)
 def ok(v, op, target):
     if v is None:
         return None
@@ -346,9 +366,12 @@ if big:
         "modbus_10000_rss_le_200mb": ok(big["daemon_peak_rss_mb"], "<=", 200),
         "modbus_10000_overhead_ratio_le_1.5": ok(big["overhead_ratio"], "<=", 1.5),
     })
+if core:
+    targets["modbus_10000_collection_only_overhead_ratio_le_1.5"] = ok(core["overhead_ratio"], "<=", 1.5)
 targets["encode_ge_2M_points_per_s_per_core_5_fields"] = ok(micro["encode_points_per_s_per_core_5_fields"], ">=", 2e6)
 targets["encode_ge_2M_points_per_s_per_core_50_fields"] = ok(micro["encode_points_per_s_per_core_50_fields"], ">=", 2e6)
-targets["mqtt_ge_100k_msg_per_s"] = None
+mqtt = json.load(open(f"{work}/mqtt.json"))
+targets["mqtt_ge_100k_msg_per_s"] = mqtt.get("met")
 alarm = json.load(open(f"{work}/alarm.json"))
 targets["alarm_p99_le_50ms"] = (alarm.get("alarm_latency_ms") or {}).get("met")
 print(json.dumps({
@@ -358,7 +381,7 @@ print(json.dumps({
     },
     "modbus": modbus,
     "micro": micro,
-    "mqtt": json.load(open(f"{work}/mqtt.json")),
+    "mqtt": mqtt,
     "alarm_latency": alarm,
     "targets_met": targets,
 }, indent=2))

@@ -5,7 +5,7 @@
 //! never a stored point. The window keeps only the configured key fields, as `f32`, at most one
 //! sample per `resolution`, so ten thousand devices cost tens of megabytes, not gigabytes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -87,8 +87,8 @@ pub struct WindowView {
 #[derive(Debug, Default)]
 pub struct History {
     cfg: HistoryConfig,
-    latest: RwLock<HashMap<String, Arc<Reading>>>,
-    windows: RwLock<HashMap<String, Window>>,
+    latest: RwLock<foldhash::HashMap<String, Arc<Reading>>>,
+    windows: RwLock<foldhash::HashMap<String, Window>>,
 }
 
 impl History {
@@ -123,7 +123,13 @@ impl History {
         let resolution = i64::try_from(self.cfg.resolution.as_nanos()).unwrap_or(i64::MAX);
         let window = i64::try_from(self.cfg.window.as_nanos()).unwrap_or(i64::MAX);
         let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
-        let w = windows.entry(r.device.id.clone()).or_default();
+        // Looked up by &str first: `entry` needs an owned key, an allocation per reading.
+        if !windows.contains_key(&r.device.id) {
+            windows.insert(r.device.id.clone(), Window::default());
+        }
+        let Some(w) = windows.get_mut(&r.device.id) else {
+            return;
+        };
         let oldest = r.ts.saturating_sub(window);
         while w.samples.front().is_some_and(|(ts, _)| *ts < oldest) {
             w.samples.pop_front();

@@ -4,7 +4,6 @@
 //! consumer. Device metadata and field schemas are built once (at start-up, or when an MQTT
 //! device is first seen) and shared by pointer, so the hot path never copies strings.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -99,13 +98,14 @@ pub struct Schema {
     /// names they ask for are absent (a meter has no oil temperature), which a scan pays in
     /// full.
     #[serde(skip)]
-    index: HashMap<String, FieldId>,
+    index: foldhash::HashMap<String, FieldId>,
 }
 
 impl Schema {
     /// A schema of `fields`, in this order (the first wins if a name repeats).
     pub fn new(fields: Vec<FieldDef>) -> Self {
-        let mut index = HashMap::with_capacity(fields.len());
+        let mut index =
+            foldhash::HashMap::with_capacity_and_hasher(fields.len(), Default::default());
         for (i, f) in fields.iter().enumerate() {
             if let Ok(id) = FieldId::try_from(i) {
                 index.entry(f.name.clone()).or_insert(id);

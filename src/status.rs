@@ -79,7 +79,7 @@ pub struct StatusChange {
 /// Shared status of every device.
 #[derive(Debug)]
 pub struct StatusBoard {
-    devices: RwLock<HashMap<String, DeviceState>>,
+    devices: RwLock<foldhash::HashMap<String, DeviceState>>,
     /// Every transition is also broadcast here, whichever source reported it, for the
     /// event log and the live stream ([`StatusBoard::subscribe`]).
     changes: tokio::sync::broadcast::Sender<StatusChange>,

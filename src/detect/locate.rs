@@ -212,9 +212,9 @@ pub struct Locator {
     feeder_rule: Arc<Rule>,
     phase_rules: [Arc<Rule>; 3],
     /// Last phase voltages and nominal of each device.
-    voltages: std::collections::HashMap<String, ([Option<f64>; 3], f64)>,
+    voltages: foldhash::HashMap<String, ([Option<f64>; 3], f64)>,
     /// Phase rules a transformer's `phase_loss` was turned into.
-    phase_raised: std::collections::HashMap<String, Vec<Arc<Rule>>>,
+    phase_raised: foldhash::HashMap<String, Vec<Arc<Rule>>>,
     dark: BTreeMap<String, Dark>,
     /// Meters that lost one phase (three-phase meters reporting `phase_loss`).
     phase_dark: BTreeMap<String, Dark>,
@@ -280,8 +280,8 @@ impl Locator {
                     ),
                 )
             }),
-            voltages: std::collections::HashMap::new(),
-            phase_raised: std::collections::HashMap::new(),
+            voltages: Default::default(),
+            phase_raised: Default::default(),
             dark: BTreeMap::new(),
             phase_dark: BTreeMap::new(),
             located: BTreeMap::new(),
@@ -322,7 +322,12 @@ impl Locator {
             return;
         };
         let v = ["voltage_a", "voltage_b", "voltage_c"].map(|f| r.get(f));
-        self.voltages.insert(r.device.id.clone(), (v, nominal));
+        match self.voltages.get_mut(&r.device.id) {
+            Some(slot) => *slot = (v, nominal),
+            None => {
+                self.voltages.insert(r.device.id.clone(), (v, nominal));
+            }
+        }
     }
 
     fn lost_phases(&self, id: &str) -> Vec<Phase> {

@@ -371,7 +371,7 @@ pub struct Engine {
     rules: RuleSet,
     ctx: DeriveContext,
     correlate: bool,
-    devices: HashMap<String, DeviceState>,
+    devices: foldhash::HashMap<String, DeviceState>,
 }
 
 impl Engine {
@@ -390,7 +390,7 @@ impl Engine {
                 thermal: alarms.thermal,
             },
             correlate: alarms.correlate_upstream,
-            devices: HashMap::new(),
+            devices: Default::default(),
         };
         for d in devices {
             e.add_device(Arc::clone(d), start);

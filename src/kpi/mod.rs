@@ -20,7 +20,7 @@
 pub mod indices;
 pub mod report;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -137,6 +137,8 @@ struct DevState {
     load: Option<(f64, Option<f64>)>,
     /// Interrupted since, and why.
     down: Option<(Timestamp, &'static str)>,
+    /// The last day marked in `dirty` since the last save (no set lookup per reading).
+    dirty_day: Option<i64>,
 }
 
 /// The running KPI state (one per daemon; replays make their own).
@@ -146,9 +148,10 @@ pub struct KpiEngine {
     nominal_f: f64,
     band_f: f64,
     thermal: crate::detect::derived::ThermalParams,
-    devices: HashMap<String, DevState>,
-    days: BTreeMap<(i64, String), DayAcc>,
-    dirty: HashSet<(i64, String)>,
+    devices: foldhash::HashMap<String, DevState>,
+    /// Day accumulators by day, then device (looked up by `&str`, no key built per reading).
+    days: BTreeMap<i64, foldhash::HashMap<String, DayAcc>>,
+    dirty: foldhash::HashSet<(i64, String)>,
     finished: Vec<Interruption>,
     topology: Topology,
 }
@@ -162,9 +165,9 @@ impl KpiEngine {
             nominal_f: alarms.nominal_frequency,
             band_f: alarms.frequency_band_hz,
             thermal: alarms.thermal,
-            devices: HashMap::new(),
+            devices: Default::default(),
             days: BTreeMap::new(),
-            dirty: HashSet::new(),
+            dirty: Default::default(),
             finished: Vec::new(),
             topology,
         }
@@ -173,7 +176,7 @@ impl KpiEngine {
     /// Continues from saved day accumulators (today's, at start-up).
     pub fn restore(&mut self, rows: Vec<(i64, String, DayAcc)>) {
         for (day, device, acc) in rows {
-            self.days.insert((day, device), acc);
+            self.days.entry(day).or_default().insert(device, acc);
         }
     }
 
@@ -209,6 +212,7 @@ impl KpiEngine {
                     frequency: None,
                     load: None,
                     down: None,
+                    dirty_day: None,
                 },
             );
         }
@@ -226,8 +230,13 @@ impl KpiEngine {
                 let day = day_of(t);
                 let cut = ((day + 1) * NS_PER_DAY).min(end);
                 let secs = (cut - t) as f64 / NS_PER_S as f64;
-                let key = (day, st.info.id.clone());
-                let acc = self.days.entry(key.clone()).or_default();
+                let per_day = self.days.entry(day).or_default();
+                if !per_day.contains_key(&st.info.id) {
+                    per_day.insert(st.info.id.clone(), DayAcc::default());
+                }
+                let Some(acc) = per_day.get_mut(&st.info.id) else {
+                    break;
+                };
                 if let Some(c) = st.voltage {
                     acc.voltage.record(c, secs);
                 }
@@ -238,7 +247,10 @@ impl KpiEngine {
                     acc.loading
                         .record(load, hot, self.thermal.reference_hot_spot_c, secs);
                 }
-                self.dirty.insert(key);
+                if st.dirty_day != Some(day) {
+                    self.dirty.insert((day, st.info.id.clone()));
+                    st.dirty_day = Some(day);
+                }
                 t = cut;
             }
         }
@@ -313,9 +325,15 @@ impl KpiEngine {
         let days = self
             .dirty
             .drain()
-            .filter_map(|k| self.days.get(&k).map(|a| (k.0, k.1.clone(), *a)))
+            .filter_map(|(d, dev)| {
+                let acc = *self.days.get(&d)?.get(&dev)?;
+                Some((d, dev, acc))
+            })
             .collect();
-        self.days.retain(|(d, _), _| *d >= keep_from);
+        for st in self.devices.values_mut() {
+            st.dirty_day = None;
+        }
+        self.days.retain(|d, _| *d >= keep_from);
         Changes {
             days,
             interruptions: std::mem::take(&mut self.finished),
@@ -634,7 +652,7 @@ impl KpiService {
             let days = e
                 .days
                 .iter()
-                .map(|((d, dev), a)| (*d, dev.clone(), *a))
+                .flat_map(|(d, per)| per.iter().map(|(dev, a)| (*d, dev.clone(), *a)))
                 .collect();
             let mut interruptions = e.finished.clone();
             interruptions.extend(e.open_interruptions(now));
