@@ -26,6 +26,8 @@
 #   BENCH_BARE_DURATION=30  measured seconds of bare-poller per scenario
 #   BENCH_COLLECTION_DEVICES="10000"  device counts of the collection-only scenario (alarms
 #       and KPIs off; " " = none), BENCH_COLLECTION_DURATION=30, BENCH_COLLECTION_BARE_DURATION=15
+#   BENCH_SWEEP_VALUES="10 40 120"  register sweep: maps of V 16-bit values (one read each) on
+#       BENCH_SWEEP_DEVICES=2000 devices for BENCH_SWEEP_DURATION=20 s each (" " = none)
 #   BENCH_INTERVAL=1s   poll interval                    BENCH_SKIP_BUILD=1  reuse target/release
 #   BENCH_SKIP_CRITERION=1  skip the micro-benchmarks   BENCH_KEEP=1  keep the work dir
 #   BENCH_GRIDWATCH=PATH  measure another gridwatch binary (before/after comparisons)
@@ -44,6 +46,9 @@ BARE_DURATION=${BENCH_BARE_DURATION:-30}
 COLLECTION_DEVICES=${BENCH_COLLECTION_DEVICES:-10000}
 COLLECTION_DURATION=${BENCH_COLLECTION_DURATION:-30}
 COLLECTION_BARE_DURATION=${BENCH_COLLECTION_BARE_DURATION:-15}
+SWEEP_VALUES=${BENCH_SWEEP_VALUES:-"10 40 120"}
+SWEEP_DEVICES=${BENCH_SWEEP_DEVICES:-2000}
+SWEEP_DURATION=${BENCH_SWEEP_DURATION:-20}
 INTERVAL=${BENCH_INTERVAL:-1s}
 # The binaries measured (BENCH_BIN=dir: a saved build, e.g. a baseline for before/after).
 BIN=${BENCH_BIN:-$REPO/target/release}
@@ -119,12 +124,29 @@ log "VictoriaMetrics at $VM_URL"
 run_modbus() {
     local n=$1 mode=${2:-full} gateways=$(($1 / UNITS)) port sim gw
     local dir="$WORK/modbus-$1" duration=$DURATION bare_duration=$BARE_DURATION
-    if [[ $mode != full ]]; then
+    local values=50 registers=60 profile_args=()
+    if [[ $mode == collection ]]; then
         dir="$WORK/modbus-$1-$mode" duration=$COLLECTION_DURATION bare_duration=$COLLECTION_BARE_DURATION
+    elif [[ $mode == sweep-* ]]; then
+        # The register sweep: a map of V decimal-scaled 16-bit values read in one request.
+        values=${mode#sweep-} registers=${mode#sweep-}
+        dir="$WORK/modbus-$1-$mode" duration=$SWEEP_DURATION bare_duration=0
+        mkdir -p "$WORK/profiles"
+        python3 - "$values" "$WORK/profiles/$mode.toml" <<'PY'
+import sys
+n, out = int(sys.argv[1]), sys.argv[2]
+text = [f'description = "Synthetic {n}-value map (scripts/bench.sh register sweep)"', "max_gap = 16", ""]
+for i in range(n):
+    text += ["[[registers]]", f'name = "value_{i:03}"', 'table = "holding"', f"address = {i}",
+             'type = "u16"', "scale = 0.1", 'unit = "V"', ""]
+open(out, "w").write("\n".join(text))
+PY
+        profile_args=(--profile-file "$WORK/profiles/$mode.toml")
     fi
     mkdir -p "$dir"
     log "modbus ($mode): $n devices = $gateways gateways x $UNITS units, $INTERVAL, ${duration}s"
     "$BIN/gridwatch-sim" load --gateways "$gateways" --units "$UNITS" --interval "$INTERVAL" \
+        "${profile_args[@]}" \
         --daemon-config "$dir/devices.toml" --addrs-file "$dir/addrs" >"$dir/sim.out" 2>"$dir/sim.log" &
     sim=$!
     PIDS+=("$sim")
@@ -137,7 +159,7 @@ auth = "off"
 [daemon]
 data_dir = "$dir/data"
 http_listen = "127.0.0.1:$port"
-profile_dirs = ["$REPO/config/profiles"]
+profile_dirs = ["$REPO/config/profiles", "$WORK/profiles"]
 
 [storage.influx]
 url = "$VM_URL"
@@ -168,14 +190,19 @@ EOF
     rss=$(hwm_mb "$gw")
     stop_pid "$gw"
 
-    log "modbus: bare-poller on the same harness, ${bare_duration}s"
-    "$BIN/bare-poller" --addrs-file "$dir/addrs" --units "$UNITS" --interval "$INTERVAL" \
-        --warmup 3s --duration "${bare_duration}s" >"$dir/bare.json" 2>"$dir/bare.log"
+    if ((bare_duration > 0)); then
+        log "modbus: bare-poller on the same harness, ${bare_duration}s"
+        "$BIN/bare-poller" --addrs-file "$dir/addrs" --units "$UNITS" --interval "$INTERVAL" \
+            --warmup 3s --duration "${bare_duration}s" >"$dir/bare.json" 2>"$dir/bare.log"
+    else
+        echo '{}' >"$dir/bare.json"
+    fi
     stop_pid "$sim"
 
-    python3 - "$dir" "$n" "$t0" "$t1" "$d0" "$d1" "$s0" "$s1" "$v0" "$v1" "$rss" "$INTERVAL" "$mode" >"$dir/result.json" <<'PY'
+    python3 - "$dir" "$n" "$t0" "$t1" "$d0" "$d1" "$s0" "$s1" "$v0" "$v1" "$rss" "$INTERVAL" "$mode" "$values" "$registers" >"$dir/result.json" <<'PY'
 import json, re, sys
-d, n, t0, t1, d0, d1, s0, s1, v0, v1, rss, interval, mode = sys.argv[1:]
+d, n, t0, t1, d0, d1, s0, s1, v0, v1, rss, interval, mode, values, registers = sys.argv[1:]
+values, registers = int(values), int(registers)
 n = int(n); secs = float(t1) - float(t0)
 iv = float(interval[:-2]) / 1000 if interval.endswith("ms") else float(interval[:-1])
 
@@ -242,8 +269,8 @@ r = lambda x, k=2: None if x is None else round(x, k)
 print(json.dumps({
     "devices": n,
     "mode": mode,
-    "registers_per_device": 60,
-    "values_per_device": 50,
+    "registers_per_device": registers,
+    "values_per_device": values,
     "interval_s": iv,
     "seconds": r(secs, 1),
     "scheduled_polls": round(scheduled),
@@ -257,12 +284,13 @@ print(json.dumps({
     "daemon_cpu_pct_of_core": r(100 * gw_cpu / secs, 1),
     "daemon_peak_rss_mb": float(rss),
     "points_per_s": r(written / secs, 1),
-    "values_per_s": r(written * 50 / secs, 0),
+    "values_per_s": r(written * values / secs, 0),
     "vm_rows_inserted_per_s": r(vm_rows / secs, 0),
     "points_dropped": int(delta("gridwatch_points_dropped_total")),
     "simulator_cpu_pct_of_core": r(100 * (float(s1) - float(s0)) / secs, 1),
     "victoriametrics_cpu_pct_of_core": r(100 * (float(v1) - float(v0)) / secs, 1),
     "daemon_cpu_us_per_poll": r(gw_per_poll, 2),
+    "daemon_cpu_ns_per_value": r(gw_per_poll * 1000 / values, 1) if gw_per_poll else None,
     "bare": {k: r(v, 3) if isinstance(v, float) else v for k, v in bare.items()},
     "overhead_ratio": r(gw_per_poll / bare["cpu_us_per_poll"], 2)
         if gw_per_poll and bare.get("cpu_us_per_poll") else None,
@@ -275,6 +303,9 @@ for n in $DEVICES; do
 done
 for n in $COLLECTION_DEVICES; do
     run_modbus "$n" collection
+done
+for v in $SWEEP_VALUES; do
+    run_modbus "$SWEEP_DEVICES" "sweep-$v"
 done
 
 # ------------------------------------------------------------------ micro-benchmarks
@@ -339,9 +370,10 @@ if [[ -n "${BENCH_SKIP_ALARM:-}" ]]; then skipped BENCH_SKIP_ALARM "$WORK/alarm.
 fi
 
 # ------------------------------------------------------------------ the report
-python3 - "$WORK" "$DEVICES" "$COLLECTION_DEVICES" <<'PY'
+python3 - "$WORK" "$DEVICES" "$COLLECTION_DEVICES" "$SWEEP_VALUES" "$SWEEP_DEVICES" <<'PY'
 import json, os, platform, subprocess, sys
 work, devices, collection = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+sweep_values, sweep_devices = sys.argv[4].split(), sys.argv[5]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 def sh(*a):
     try:
@@ -351,6 +383,7 @@ def sh(*a):
 load = open("/proc/loadavg").read().split()[:3]
 modbus = [json.load(open(f"{work}/modbus-{n}/result.json")) for n in devices]
 modbus += [json.load(open(f"{work}/modbus-{n}-collection/result.json")) for n in collection]
+sweep = [json.load(open(f"{work}/modbus-{sweep_devices}-sweep-{v}/result.json")) for v in sweep_values]
 micro = json.load(open(f"{work}/criterion.json"))
 big = next((m for m in modbus if m["devices"] == 10000 and m["mode"] == "full"), None)
 core = next((m for m in modbus if m["devices"] == 10000 and m["mode"] == "collection"), None)
@@ -380,6 +413,7 @@ print(json.dumps({
         "rustc": sh("rustc", "--version"), "loadavg_at_end": load,
     },
     "modbus": modbus,
+    "register_sweep": sweep,
     "micro": micro,
     "mqtt": mqtt,
     "alarm_latency": alarm,

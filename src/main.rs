@@ -1,5 +1,9 @@
 //! The `gridwatch` command line: run the daemon, check a config, run the demo.
 
+/// mimalloc instead of the system allocator: see `Cargo.toml` for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
