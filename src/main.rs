@@ -1,9 +1,5 @@
 //! The `gridwatch` command line: run the daemon, check a config, run the demo.
 
-/// mimalloc instead of the system allocator: see `Cargo.toml` for why.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,6 +8,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use gridwatch::config::{self, LoadedConfig};
+
+/// mimalloc instead of the system allocator: see `Cargo.toml` for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
