@@ -59,6 +59,8 @@ CLK_TCK=$(getconf CLK_TCK)
 log() { echo "bench: $*" >&2; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gridwatch-bench.XXXXXX")
+# Generated register maps (the register sweep); every daemon config lists this directory.
+mkdir -p "$WORK/profiles"
 PIDS=()
 cleanup() {
     local p
