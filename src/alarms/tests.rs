@@ -234,6 +234,18 @@ fn alarm_line_for_the_tsdb() {
     );
 }
 
+/// The event database in `dir` (opened again by each call, as after a restart).
+fn open_event_log(dir: &std::path::Path) -> Arc<crate::eventlog::EventLog> {
+    crate::eventlog::EventLog::open(
+        dir,
+        &crate::config::EventLogConfig::default(),
+        &[],
+        crate::hub::Hub::new(),
+        &crate::metrics::Registry::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[test]
 fn state_lives_in_the_event_log_and_an_old_state_file_is_imported_once() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -250,16 +262,7 @@ fn state_lives_in_the_event_log_and_an_old_state_file_is_imported_once() {
     let before = old.list();
     drop(old);
 
-    let open = || {
-        crate::eventlog::EventLog::open(
-            dir.path(),
-            &crate::config::EventLogConfig::default(),
-            &[],
-            crate::hub::Hub::new(),
-            &crate::metrics::Registry::new(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let open = || open_event_log(dir.path());
     let db = store::EventLogStore::new(open());
     assert_eq!(db.import_file(&file).unwrap_or_default(), 1);
     assert!(!dir.path().join("alarms.json").exists());
@@ -344,16 +347,7 @@ fn an_alarm_storm_writes_what_changed_once_per_burst() {
 #[test]
 fn incremental_saves_leave_the_database_equal_to_the_list() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let open = || {
-        crate::eventlog::EventLog::open(
-            dir.path(),
-            &crate::config::EventLogConfig::default(),
-            &[],
-            crate::hub::Hub::new(),
-            &crate::metrics::Registry::new(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-    };
+    let open = || open_event_log(dir.path());
     let settings = AlarmSettings {
         flapping_transitions: 5,
         flapping_window_ns: 600 * S,
