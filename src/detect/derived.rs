@@ -6,19 +6,19 @@
 
 use crate::model::Reading;
 
-/// Names of the derived quantities, for config validation and docs.
-pub const DERIVED: &[&str] = &[
-    "load_pct",
-    "current_unbalance_pct",
-    "voltage_unbalance_pct",
-    "voltage_dev_max_pct",
-    "voltage_dev_min_pct",
-    "phases_lost",
-    "neutral_loss_pct",
-    "frequency_dev_hz",
-    "hot_spot_est",
-    "ageing_factor",
-    "clock_drift_s",
+/// The derived quantities by the name a rule's `field` gives them.
+pub const DERIVED: &[(&str, Derived)] = &[
+    ("load_pct", Derived::LoadPct),
+    ("current_unbalance_pct", Derived::CurrentUnbalancePct),
+    ("voltage_unbalance_pct", Derived::VoltageUnbalancePct),
+    ("voltage_dev_max_pct", Derived::VoltageDevMaxPct),
+    ("voltage_dev_min_pct", Derived::VoltageDevMinPct),
+    ("phases_lost", Derived::PhasesLost),
+    ("neutral_loss_pct", Derived::NeutralLossPct),
+    ("frequency_dev_hz", Derived::FrequencyDevHz),
+    ("hot_spot_est", Derived::HotSpotEst),
+    ("ageing_factor", Derived::AgeingFactor),
+    ("clock_drift_s", Derived::ClockDriftS),
 ];
 
 /// A phase whose voltage is below this fraction of nominal is "lost" (open conductor or
@@ -101,30 +101,9 @@ pub enum Derived {
 }
 
 impl Derived {
-    /// The derived quantity called `name`, or `None` for a plain reading field.
+    /// The derived quantity called `name` ([`DERIVED`]), or `None` for a plain reading field.
     pub fn from_name(name: &str) -> Option<Derived> {
-        Some(match name {
-            "load_pct" => Derived::LoadPct,
-            "current_unbalance_pct" => Derived::CurrentUnbalancePct,
-            "voltage_unbalance_pct" => Derived::VoltageUnbalancePct,
-            "voltage_dev_max_pct" => Derived::VoltageDevMaxPct,
-            "voltage_dev_min_pct" => Derived::VoltageDevMinPct,
-            "phases_lost" => Derived::PhasesLost,
-            "neutral_loss_pct" => Derived::NeutralLossPct,
-            "frequency_dev_hz" => Derived::FrequencyDevHz,
-            "hot_spot_est" => Derived::HotSpotEst,
-            "ageing_factor" => Derived::AgeingFactor,
-            "clock_drift_s" => Derived::ClockDriftS,
-            _ => return None,
-        })
-    }
-}
-
-/// The value of quantity `name` for `r`: derived if `name` is in [`DERIVED`], else the field.
-pub fn quantity(r: &Reading, name: &str, ctx: &DeriveContext) -> Option<f64> {
-    match Derived::from_name(name) {
-        Some(d) => derived(r, d, ctx),
-        None => r.get(name),
+        DERIVED.iter().find(|(n, _)| *n == name).map(|(_, d)| *d)
     }
 }
 
