@@ -254,6 +254,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
             Writer::Influx(sinks::influx::InfluxWriter::new(influx)?),
             BatchSettings {
                 batch_size: influx.batch_size,
+                max_bytes: influx.batch_max_bytes,
                 flush_interval: influx.flush_interval,
             },
             influx.max_pending_batches,
@@ -264,6 +265,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
             )),
             BatchSettings {
                 batch_size: 5000,
+                max_bytes: 1 << 20,
                 flush_interval: Duration::from_secs(1),
             },
             1000,

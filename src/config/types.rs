@@ -220,6 +220,10 @@ pub struct InfluxConfig {
     /// Points per write request; a batch is sent when it is full or `flush_interval` passed.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Largest request body: a batch is also sent once its line protocol reaches this many
+    /// bytes, so wide devices (50 values a line) do not make multi-megabyte requests.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
     /// Longest time a point waits in a batch before it is sent.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
@@ -234,6 +238,10 @@ pub struct InfluxConfig {
 
 fn default_batch_size() -> usize {
     5000
+}
+
+fn default_batch_max_bytes() -> usize {
+    1 << 20
 }
 
 fn default_flush_interval() -> Duration {

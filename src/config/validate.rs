@@ -80,6 +80,12 @@ pub(super) fn validate(
                 "must be at least 1".into(),
             ));
         }
+        if influx.batch_max_bytes < 4096 {
+            errors.push(at(
+                "storage.influx.batch_max_bytes".into(),
+                "must be at least 4096 (one wide line fits)".into(),
+            ));
+        }
         if influx.flush_interval.is_zero() {
             errors.push(at(
                 "storage.influx.flush_interval".into(),

@@ -230,6 +230,8 @@ impl SinkHealth {
 pub struct BatchSettings {
     /// Points per batch.
     pub batch_size: usize,
+    /// Bytes of line protocol per batch (a batch is sealed once it reaches this).
+    pub max_bytes: usize,
     /// Longest wait before a partial batch is sent.
     pub flush_interval: Duration,
 }
@@ -266,7 +268,9 @@ pub async fn run_batcher_with_lines(
         "Points encoded into line-protocol batches.",
         &[],
     );
-    let mut body = String::with_capacity(settings.batch_size.saturating_mul(128).min(8 << 20));
+    let max_bytes = settings.max_bytes.max(1);
+    // Sealing at `max_bytes` overshoots by at most one line.
+    let mut body = String::with_capacity(max_bytes + max_bytes / 8);
     let mut points = 0usize;
     let mut tick = tokio::time::interval(settings.flush_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -282,13 +286,22 @@ pub async fn run_batcher_with_lines(
                 if n == 0 {
                     break;
                 }
-                let start = body.len();
+                let mut start = body.len();
                 let mut added = 0u32;
                 for reading in chunk.drain(..) {
                     let before = body.len();
                     lineproto::write_reading(&mut body, &reading);
                     if body.len() > before {
                         added += 1;
+                    }
+                    if body.len() >= max_bytes {
+                        // One journal record per sealed part: the batch it belongs to is
+                        // sealed right after, so the journal never holds two batches.
+                        queue.journal(&body.as_bytes()[start..], added);
+                        points += added as usize;
+                        seal(&mut body, &mut points, &queue, &encoded).await;
+                        start = 0;
+                        added = 0;
                     }
                 }
                 if added > 0 {
@@ -335,12 +348,15 @@ async fn recv_lines(lines: &mut Option<mpsc::UnboundedReceiver<String>>) -> Opti
 
 async fn seal(body: &mut String, points: &mut usize, queue: &Buffer, encoded: &Counter) {
     // The next batch will be about as long as this one: room for it plus 1/8, so it rarely
-    // regrows (each doubling copies the whole batch). The sealed batch gives back its spare
-    // capacity: batches can wait in the queue for a long time while the store is slow or
-    // down, and doubling slack (up to half of each) would count against the daemon's memory.
+    // regrows (each doubling copies the whole batch). A sealed batch with much spare capacity
+    // gives it back: batches can wait in the queue for a long time while the store is slow or
+    // down, and doubling slack would count against the daemon's memory. Shrinking copies the
+    // batch, so a batch that is nearly full keeps its few spare bytes.
     let next = body.len() + body.len() / 8;
     let mut text = std::mem::replace(body, String::with_capacity(next));
-    text.shrink_to_fit();
+    if text.capacity() - text.len() > text.len() / 4 {
+        text.shrink_to_fit();
+    }
     encoded.add(*points as u64);
     queue
         .push(Batch {
@@ -530,3 +546,6 @@ impl Backoff {
         self.current = self.min;
     }
 }
+
+#[cfg(test)]
+mod tests;

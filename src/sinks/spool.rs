@@ -61,6 +61,8 @@ pub const RECORD_HEADER: usize = 12;
 pub const MAX_RECORD: u32 = 256 << 20;
 const INDEX_FILE: &str = "ack";
 const JOURNAL_FILE: &str = "open.journal";
+/// Bytes of recently appended batches the spool keeps in memory for the writer.
+const RECENT_BYTES: usize = 4 << 20;
 
 /// What can go wrong with the spool.
 #[derive(Debug, thiserror::Error)]
@@ -293,9 +295,10 @@ pub struct Spool {
     settings: SpoolSettings,
     inner: Mutex<Inner>,
     journal: Mutex<Journal>,
-    /// The batch appended last, still in memory: normally the writer sends it next, and it
-    /// need not be read back from the disk it was just written to.
-    newest: Mutex<Option<(RecordId, Arc<Batch>)>>,
+    /// The batches appended last (up to [`RECENT_BYTES`]), still in memory: normally the
+    /// writer sends them next, and they need not be read back from the disk they were just
+    /// written to. Oldest first.
+    recent: Mutex<VecDeque<(RecordId, Arc<Batch>)>>,
     /// Wakes the writer when a batch arrived or the spool closed.
     arrived: Notify,
     /// Wakes a blocked pusher when space was freed.
@@ -466,7 +469,7 @@ impl Spool {
                 used: false,
                 failing: false,
             }),
-            newest: Mutex::new(None),
+            recent: Mutex::new(VecDeque::new()),
             arrived: Notify::new(),
             space: Notify::new(),
             closed: AtomicBool::new(false),
@@ -517,8 +520,8 @@ impl Spool {
         Ok(())
     }
 
-    fn lock_newest(&self) -> MutexGuard<'_, Option<(RecordId, Arc<Batch>)>> {
-        self.newest.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_recent(&self) -> MutexGuard<'_, VecDeque<(RecordId, Arc<Batch>)>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_journal(&self) -> MutexGuard<'_, Journal> {
@@ -709,7 +712,17 @@ impl Spool {
             segment: seg.id,
             offset,
         };
-        *self.lock_newest() = Some((rid, Arc::clone(batch)));
+        {
+            let mut recent = self.lock_recent();
+            recent.push_back((rid, Arc::clone(batch)));
+            let mut bytes: usize = recent.iter().map(|(_, b)| b.body.len()).sum();
+            // The newest stays even if it alone is over the budget.
+            while bytes > RECENT_BYTES && recent.len() > 1 {
+                if let Some((_, old)) = recent.pop_front() {
+                    bytes -= old.body.len();
+                }
+            }
+        }
         inner.disk_bytes += need;
         inner.pending_points += u64::from(points);
         inner.pending_batches += 1;
@@ -775,9 +788,7 @@ impl Spool {
                 segment: id,
                 offset: meta.offset,
             };
-            if let Some((newest, batch)) = self.lock_newest().as_ref()
-                && *newest == rid
-            {
+            if let Some((_, batch)) = self.lock_recent().iter().find(|(r, _)| *r == rid) {
                 return Some((Arc::clone(batch), rid));
             }
             match self.read_record(id, meta) {
@@ -799,7 +810,11 @@ impl Spool {
         let mut buf = vec![0u8; RECORD_HEADER + meta.len as usize];
         file.read_exact(&mut buf).map_err(|e| e.to_string())?;
         let (got, payload) = decode_record(&buf).map_err(|d| format!("{d:?}"))?;
-        let body = String::from_utf8(payload.to_vec()).map_err(|e| e.to_string())?;
+        let len = payload.len();
+        // The payload is the buffer minus its header: no second copy of the batch.
+        buf.drain(..RECORD_HEADER);
+        buf.truncate(len);
+        let body = String::from_utf8(buf).map_err(|e| e.to_string())?;
         Ok(Batch {
             body,
             points: got.points as usize,
@@ -815,12 +830,7 @@ impl Spool {
     }
 
     fn ack_blocking(&self, id: RecordId) {
-        {
-            let mut newest = self.lock_newest();
-            if newest.as_ref().is_some_and(|(n, _)| *n == id) {
-                *newest = None;
-            }
-        }
+        self.lock_recent().retain(|(r, _)| *r != id);
         let mut inner = self.lock();
         let Some(pos) = inner.segments.iter().position(|s| s.id == id.segment) else {
             // Dropped by drop_oldest while in flight.

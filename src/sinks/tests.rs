@@ -1,0 +1,110 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::model::DeviceInfo;
+
+fn device(id: &str) -> Arc<DeviceInfo> {
+    Arc::new(
+        DeviceInfo {
+            id: id.into(),
+            kind: "meter".into(),
+            site: "S1".into(),
+            feeder: "F1".into(),
+            parent: None,
+            location: None,
+            rated_kva: None,
+            nominal_voltage: None,
+            customers: 1,
+            interval_ns: 1_000_000_000,
+            lp_series: String::new(),
+        }
+        .finish(),
+    )
+}
+
+/// Runs the batcher over `n` readings and returns the batches it sealed, oldest first.
+async fn batches_of(n: usize, settings: BatchSettings) -> Vec<Arc<Batch>> {
+    let registry = Registry::new();
+    let queue = Arc::new(BatchQueue::new(10_000, registry.counter("d", "d", &[])));
+    let (tx, rx) = mpsc::channel(n.max(1));
+    for i in 0..n {
+        let r = Reading::from_pairs(
+            device(&format!("M-{i:05}")),
+            1_700_000_000_000_000_000 + i as i64,
+            &[
+                ("voltage_a", 230.1),
+                ("voltage_b", 229.7),
+                ("voltage_c", 231.4),
+            ],
+        );
+        tx.send(Arc::new(r)).await.expect("batcher is listening");
+    }
+    drop(tx);
+    run_batcher(rx, Buffer::Memory(Arc::clone(&queue)), settings, registry).await;
+    let mut out = Vec::new();
+    while let Some(b) = queue.front() {
+        queue.ack();
+        out.push(b);
+    }
+    out
+}
+
+#[tokio::test]
+async fn batches_are_sealed_at_max_bytes_without_losing_a_line() {
+    let max_bytes = 4096;
+    let batches = batches_of(
+        500,
+        BatchSettings {
+            batch_size: 5000,
+            max_bytes,
+            flush_interval: Duration::from_secs(3600),
+        },
+    )
+    .await;
+    let longest_line = batches
+        .iter()
+        .flat_map(|b| b.body.lines())
+        .map(|l| l.len() + 1)
+        .max()
+        .expect("lines were written");
+    assert!(batches.len() > 5, "only {} batches", batches.len());
+    for (i, b) in batches.iter().enumerate() {
+        assert_eq!(b.points, b.body.lines().count(), "batch {i}");
+        assert!(
+            b.body.len() < max_bytes + longest_line,
+            "batch {i}: {}",
+            b.body.len()
+        );
+        if i + 1 < batches.len() {
+            assert!(
+                b.body.len() >= max_bytes,
+                "batch {i} sealed early: {}",
+                b.body.len()
+            );
+        }
+    }
+    let lines: Vec<&str> = batches.iter().flat_map(|b| b.body.lines()).collect();
+    assert_eq!(lines.len(), 500);
+    for (i, l) in lines.iter().enumerate() {
+        assert!(
+            l.contains(&format!("device=M-{i:05},")),
+            "line {i} out of order: {l}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn batch_size_still_caps_points() {
+    let batches = batches_of(
+        250,
+        BatchSettings {
+            batch_size: 100,
+            max_bytes: 1 << 20,
+            flush_interval: Duration::from_secs(3600),
+        },
+    )
+    .await;
+    let points: Vec<usize> = batches.iter().map(|b| b.points).collect();
+    assert_eq!(points, vec![100, 100, 50]);
+}
