@@ -586,7 +586,12 @@ impl Connection {
             },
         };
         // The pipeline only closes at shutdown; a reading taken then has nowhere to go.
-        let _ = self.sender.send(reading).await;
+        // Nearly always there is room: then no wait is set up.
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(reading)) =
+            self.sender.try_send(reading)
+        {
+            let _ = self.sender.send(reading).await;
+        }
         if complete {
             self.devices[idx].exception_logged = false;
             PollOutcome::Complete

@@ -18,6 +18,7 @@ pub mod topic;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -211,6 +212,12 @@ impl Source {
                     self.ingest
                         .handle(&topic, &payload, now_ns(), &mut readings);
                     for r in readings.drain(..) {
+                        // Nearly always there is room: no wait to set up.
+                        let r = match self.sender.try_send(r) {
+                            Ok(()) => continue,
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                            Err(mpsc::error::TrySendError::Full(r)) => r,
+                        };
                         tokio::select! {
                             res = self.sender.send(r) => {
                                 if res.is_err() {

@@ -275,3 +275,26 @@ fn silent_devices_go_offline_after_expected_intervals() {
         Some(DeviceStatus::Online)
     );
 }
+
+#[test]
+fn recent_window_finds_repeats_in_any_order_and_forgets_the_oldest() {
+    let mut r = Recent::default();
+    let n = DEDUP_WINDOW as i64;
+    // In order, then a late one in the middle: all new.
+    for ts in (0..n).map(|i| i * 10) {
+        assert!(r.insert(ts, 0));
+    }
+    assert!(r.insert(55, 0));
+    // Repeats anywhere in the window are duplicates; another subscription is not.
+    assert!(!r.insert(55, 0));
+    assert!(!r.insert((n - 1) * 10, 0));
+    assert!(!r.insert(30, 0));
+    assert!(r.insert(30, 1));
+    // The window holds DEDUP_WINDOW pairs: the two inserts above pushed out 0 and 10.
+    assert_eq!(r.0.len(), DEDUP_WINDOW);
+    assert!(r.insert(0, 0), "the oldest left the window");
+    assert!(
+        r.0.iter().zip(r.0.iter().skip(1)).all(|(a, b)| a < b),
+        "sorted"
+    );
+}

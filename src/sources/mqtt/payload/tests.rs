@@ -345,3 +345,55 @@ mod fuzz {
         }
     }
 }
+
+/// chrono's parser, the oracle for the fast path.
+fn chrono_ns(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+}
+
+#[test]
+fn rfc3339_fast_path_agrees_with_chrono() {
+    let fixed = [
+        "2026-12-01T08:00:00Z",
+        "2026-12-01T08:00:00.123Z",
+        "2026-12-01t08:00:00.123456789z",
+        "2026-12-01 08:00:00Z",
+        "2024-02-29T23:59:59.999999999+01:00",
+        "2023-02-29T00:00:00Z",
+        "2026-13-01T00:00:00Z",
+        "2026-04-31T00:00:00Z",
+        "1969-12-31T23:59:59.5-05:30",
+        "2000-03-01T00:00:00.1234567891234Z",
+        "2016-12-31T23:59:60Z",
+        "2026-12-01T24:00:00Z",
+        "2026-12-01T08:00:00",
+        "2026-12-01T08:00:00.Z",
+        "2026-12-01T08:00:00+0100",
+        "2026-12-01T08:00:00+24:00",
+        "2026-12-01T08:00:00Zjunk",
+        "2026-1-01T08:00:00Z",
+        "+2026-12-01T08:00:00Z",
+    ];
+    for s in fixed {
+        assert_eq!(rfc3339_ns(s).ok(), chrono_ns(s), "{s}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn rfc3339_fast_path_agrees_with_chrono_on_generated_times(
+        y in 1700i64..2300, mo in 0i64..14, d in 0i64..33, h in 0i64..25, mi in 0i64..61,
+        s in 0i64..61, frac in proptest::option::of(0u64..1_000_000_000_000),
+        zone in proptest::option::of((proptest::bool::ANY, 0i64..25, 0i64..61)),
+    ) {
+        let frac = frac.map(|f| format!(".{f}")).unwrap_or_default();
+        let zone = match zone {
+            None => "Z".to_string(),
+            Some((neg, zh, zm)) => format!("{}{zh:02}:{zm:02}", if neg { '-' } else { '+' }),
+        };
+        let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{zone}");
+        proptest::prop_assert_eq!(rfc3339_ns(&text).ok(), chrono_ns(&text), "{}", text);
+    }
+}
