@@ -95,6 +95,20 @@ fn environment_overrides_the_file_and_its_errors_name_the_key() {
     let (code, _, stderr) = check(path, &[("GRIDWATCH__STORAGE__INFLUX__BATCH_SIZE", "lots")]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("storage.influx.batch_size"), "{stderr}");
+
+    let (code, _, stderr) = check(
+        path,
+        &[("GRIDWATCH__STORAGE__INFLUX__BATCH_MAX_BYTES", "100")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("storage.influx.batch_max_bytes"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("gridwatch.toml"),
+        "names the file: {stderr}"
+    );
 }
 
 #[test]

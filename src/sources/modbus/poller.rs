@@ -15,8 +15,7 @@
 //! is retried at once (`crc_retries`), and a unit that fails `backoff_after` polls in a row is
 //! polled at a doubling interval up to `backoff_max` until it answers again.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,6 +216,32 @@ impl Metrics {
     }
 }
 
+/// The devices of a connection by next due time, ties in queue order (`seq`). Units share
+/// an interval, so a device rescheduled goes behind all others: a push at the back, where a
+/// binary heap would sift through its levels on every poll.
+struct Schedule(VecDeque<(Instant, u64, usize)>);
+
+impl Schedule {
+    fn with_capacity(n: usize) -> Self {
+        Schedule(VecDeque::with_capacity(n))
+    }
+
+    fn push(&mut self, due: Instant, seq: u64, idx: usize) {
+        let item = (due, seq, idx);
+        if self.0.back().is_none_or(|last| *last < item) {
+            self.0.push_back(item);
+        } else {
+            let at = self.0.partition_point(|x| *x < item);
+            self.0.insert(at, item);
+        }
+    }
+
+    /// The device due first and when.
+    fn pop(&mut self) -> Option<(Instant, usize)> {
+        self.0.pop_front().map(|(due, _, idx)| (due, idx))
+    }
+}
+
 /// One connection to an endpoint and the devices polled through it.
 pub struct Connection {
     cfg: EndpointConfig,
@@ -283,20 +308,23 @@ impl Connection {
     /// Polls until `cancel` fires.
     pub async fn run(mut self, cancel: CancellationToken) {
         let start = Instant::now();
-        let mut heap = BinaryHeap::with_capacity(self.devices.len());
+        let mut queue = Schedule::with_capacity(self.devices.len());
         // Queue order among equal due times: first queued, first served (fair across units).
         let mut seq: u64 = 0;
         let n = self.devices.len().max(1) as u32;
         for (i, d) in self.devices.iter().enumerate() {
             // Spread first polls over the interval so a gateway is not hit by a burst.
             let phase = d.interval / n * (i as u32 % n);
-            heap.push(Reverse((start + phase, seq, i)));
+            queue.push(start + phase, seq, i);
             seq += 1;
         }
         tracing::info!(endpoint = %self.cfg.name, transport = self.cfg.transport.as_str(), lane = self.lane, devices = self.devices.len(), "modbus connection started");
-        while let Some(Reverse((due, _, idx))) = heap.pop() {
+        // One wait for cancellation for the whole loop, not one set up per poll.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        while let Some((due, idx)) = queue.pop() {
             tokio::select! {
-                _ = cancel.cancelled() => break,
+                _ = &mut cancelled => break,
                 _ = tokio::time::sleep_until(due) => {}
             }
             // A poll in progress is finished, not dropped, at shutdown: its answers were
@@ -319,7 +347,7 @@ impl Connection {
                 }
                 next
             };
-            heap.push(Reverse((next, seq, idx)));
+            queue.push(next, seq, idx);
             seq += 1;
         }
         tracing::info!(endpoint = %self.cfg.name, lane = self.lane, "modbus connection stopped");
@@ -666,3 +694,6 @@ async fn resolve(address: &str) -> std::io::Result<SocketAddr> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "address resolved to nothing")
         })
 }
+
+#[cfg(test)]
+mod tests;
