@@ -66,9 +66,51 @@ impl Default for HistoryConfig {
     }
 }
 
+/// A device's chart window in columns, holding only the configured fields this device
+/// reports (a meter has no oil temperature): a row of one value costs 12 bytes, not a
+/// timestamp plus every configured field. Columns grow with the rows up to the window's
+/// row count, never beyond.
 #[derive(Debug, Default)]
 struct Window {
-    samples: VecDeque<(Timestamp, Box<[f32]>)>,
+    ts: VecDeque<Timestamp>,
+    /// (index into the configured fields, values; NaN where a reading lacked the field).
+    cols: Vec<(usize, VecDeque<f32>)>,
+}
+
+/// Appends `v`, growing the buffer in steps that never pass `max` elements.
+fn push_capped<T>(q: &mut VecDeque<T>, v: T, max: usize) {
+    if q.len() == q.capacity() {
+        let room = max.saturating_sub(q.len()).max(1);
+        q.reserve_exact(q.len().max(4).min(room));
+    }
+    q.push_back(v);
+}
+
+impl Window {
+    fn pop_front(&mut self) {
+        self.ts.pop_front();
+        for (_, c) in &mut self.cols {
+            c.pop_front();
+        }
+    }
+
+    /// Adds a row; `values[i]` is configured field `i` (NaN = not in this reading).
+    fn push(&mut self, ts: Timestamp, values: &[f32], max_rows: usize) {
+        for (field, v) in values.iter().enumerate() {
+            if v.is_nan() || self.cols.iter().any(|(f, _)| *f == field) {
+                continue;
+            }
+            // A field seen for the first time: earlier rows did not have it.
+            let mut col = VecDeque::new();
+            col.resize(self.ts.len(), f32::NAN);
+            self.cols.push((field, col));
+            self.cols.sort_by_key(|(f, _)| *f);
+        }
+        push_capped(&mut self.ts, ts, max_rows);
+        for (field, col) in &mut self.cols {
+            push_capped(col, values[*field], max_rows);
+        }
+    }
 }
 
 /// A device's chart window in columns: timestamps and one value column per field
@@ -82,6 +124,9 @@ pub struct WindowView {
     /// One column per field.
     pub values: Vec<Vec<Option<f32>>>,
 }
+
+/// Most chart fields kept (more configured ones are ignored; the default is 11).
+pub const MAX_FIELDS: usize = 32;
 
 /// Latest readings and chart windows by device id.
 #[derive(Debug, Default)]
@@ -131,30 +176,30 @@ impl History {
             return;
         };
         let oldest = r.ts.saturating_sub(window);
-        while w.samples.front().is_some_and(|(ts, _)| *ts < oldest) {
-            w.samples.pop_front();
+        while w.ts.front().is_some_and(|ts| *ts < oldest) {
+            w.pop_front();
         }
-        if let Some((last, _)) = w.samples.back()
+        if let Some(last) = w.ts.back()
             && r.ts < last.saturating_add(resolution)
         {
             return;
         }
-        let row: Box<[f32]> = self
-            .cfg
-            .fields
-            .iter()
-            .map(|f| {
-                let v = if f == "load_pct" {
-                    // The same load % the overload rule uses, so chart and alarm agree.
-                    crate::detect::derived::load_pct(r)
-                } else {
-                    r.get(f)
-                };
-                // Charts need ~4 significant digits; f32 halves the memory.
-                v.map(|v| v as f32).unwrap_or(f32::NAN)
-            })
-            .collect();
-        w.samples.push_back((r.ts, row));
+        let mut row = [f32::NAN; MAX_FIELDS];
+        for (slot, f) in row.iter_mut().zip(&self.cfg.fields) {
+            let v = if f == "load_pct" {
+                // The same load % the overload rule uses, so chart and alarm agree.
+                crate::detect::derived::load_pct(r)
+            } else {
+                r.get(f)
+            };
+            // Charts need ~4 significant digits; f32 halves the memory.
+            *slot = v.map_or(f32::NAN, |v| v as f32);
+        }
+        let n = self.cfg.fields.len().min(MAX_FIELDS);
+        let max_rows = usize::try_from(window / resolution.max(1))
+            .unwrap_or(usize::MAX)
+            .saturating_add(1);
+        w.push(r.ts, &row[..n], max_rows);
     }
 
     /// The latest reading of `device`.
@@ -173,10 +218,15 @@ impl History {
             ts: Vec::new(),
         };
         if let Some(w) = windows.get(device) {
-            for (ts, row) in &w.samples {
-                view.ts.push(*ts);
-                for (col, v) in view.values.iter_mut().zip(row.iter()) {
-                    col.push(v.is_finite().then_some(*v));
+            view.ts.extend(w.ts.iter().copied());
+            for col in &mut view.values {
+                col.resize(w.ts.len(), None);
+            }
+            for (field, values) in &w.cols {
+                if let Some(col) = view.values.get_mut(*field) {
+                    for (out, v) in col.iter_mut().zip(values) {
+                        *out = v.is_finite().then_some(*v);
+                    }
                 }
             }
         }
@@ -270,5 +320,58 @@ mod tests {
         );
         assert!(w.values[2].iter().all(Option::is_some), "load_pct derived");
         assert_eq!(h.latest("TX-1").unwrap().ts, 199 * s);
+    }
+
+    #[test]
+    fn window_keeps_only_reported_fields_and_adds_new_ones_later() {
+        let h = History::with_config(HistoryConfig {
+            window: Duration::from_secs(3600),
+            resolution: Duration::from_secs(10),
+            fields: vec!["oil_temp".into(), "voltage_a".into(), "current_a".into()],
+        });
+        let s = 1_000_000_000i64;
+        for t in 0..3 {
+            h.record(reading(t * 10 * s, 230.0, 100.0));
+        }
+        {
+            let windows = h.windows.read().unwrap();
+            let w = &windows["TX-1"];
+            let kept: Vec<usize> = w.cols.iter().map(|(f, _)| *f).collect();
+            assert_eq!(kept, vec![1, 2], "no column for oil_temp");
+            assert!(w.ts.capacity() <= 361, "capacity {}", w.ts.capacity());
+        }
+        // A reading that also has oil_temp: the column appears, empty for earlier rows.
+        let mut r = Reading::clone(&reading(30 * s, 231.0, 101.0));
+        let mut fields = r.schema.fields.clone();
+        fields.push(FieldDef::new("oil_temp", None));
+        r.schema = Arc::new(Schema::new(fields));
+        r.values.push((6, 55.5));
+        h.record(Arc::new(r));
+        let w = h.window("TX-1");
+        assert_eq!(w.fields, ["oil_temp", "voltage_a", "current_a"]);
+        assert_eq!(w.values[0], vec![None, None, None, Some(55.5)]);
+        assert_eq!(
+            w.values[1],
+            vec![Some(230.0), Some(230.0), Some(230.0), Some(231.0)]
+        );
+        assert_eq!(w.values[2][3], Some(101.0));
+    }
+
+    #[test]
+    fn window_buffers_never_grow_past_the_window() {
+        let h = History::with_config(HistoryConfig {
+            window: Duration::from_secs(100),
+            resolution: Duration::from_secs(1),
+            fields: vec!["voltage_a".into()],
+        });
+        let s = 1_000_000_000i64;
+        for t in 0..1000 {
+            h.record(reading(t * s, 230.0, 1.0));
+        }
+        let windows = h.windows.read().unwrap();
+        let w = &windows["TX-1"];
+        assert_eq!(w.ts.len(), 101);
+        assert!(w.ts.capacity() <= 101 + 4, "capacity {}", w.ts.capacity());
+        assert!(w.cols[0].1.capacity() <= 101 + 4);
     }
 }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use gridwatch::config::{self, LoadedConfig};
 
 /// mimalloc instead of the system allocator: see `Cargo.toml` for why.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -46,6 +46,16 @@ pub(super) fn validate(
             "must be at least one resolution long".into(),
         ));
     }
+    if config.history.fields.len() > crate::history::MAX_FIELDS {
+        errors.push(at(
+            "history.fields".into(),
+            format!(
+                "at most {} chart fields (got {})",
+                crate::history::MAX_FIELDS,
+                config.history.fields.len()
+            ),
+        ));
+    }
 
     if let Some(influx) = &config.storage.influx {
         if let Err(e) = reqwest::Url::parse(&influx.url) {

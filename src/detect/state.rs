@@ -149,28 +149,34 @@ impl LevelTracker {
 }
 
 /// Rise of a value over a sliding time window.
+///
+/// Keeps only the samples that can still be the window's minimum (each later sample is
+/// higher than the one before it): a flat or noisy series holds a handful, where keeping
+/// every sample held the whole window (600 samples a device for 10 min at 1 s). A steady
+/// rise, the case the rule is for, still keeps one sample per poll.
 #[derive(Debug, Clone, Default)]
 pub struct RateWindow {
-    samples: VecDeque<(Timestamp, f64)>,
+    minima: VecDeque<(Timestamp, f64)>,
 }
 
 impl RateWindow {
     /// Adds a sample and returns the rise over the window: the value now minus the lowest
     /// value within the window (so a rise is seen even if it started mid-window).
     pub fn update(&mut self, ts: Timestamp, v: f64, window_ns: i64) -> f64 {
+        // A sample at or above the new one can never be the minimum again: the new one is
+        // lower and stays in the window longer.
+        while self.minima.back().is_some_and(|(_, b)| *b >= v) {
+            self.minima.pop_back();
+        }
+        self.minima.push_back((ts, v));
         while self
-            .samples
+            .minima
             .front()
             .is_some_and(|(t, _)| ts - *t > window_ns)
         {
-            self.samples.pop_front();
+            self.minima.pop_front();
         }
-        self.samples.push_back((ts, v));
-        let min = self
-            .samples
-            .iter()
-            .map(|(_, v)| *v)
-            .fold(f64::INFINITY, f64::min);
+        let min = self.minima.front().map_or(v, |(_, m)| *m);
         v - min
     }
 }
@@ -330,6 +336,30 @@ mod tests {
             t.update(2 * S, -7.0, &l, Direction::Below, 0),
             Some(Transition::Clear { level: 0 })
         );
+    }
+
+    proptest::proptest! {
+        /// Same rise as keeping every sample of the window and taking their minimum.
+        #[test]
+        fn rate_window_matches_the_full_window(
+            steps in proptest::collection::vec((1i64..120, -50i32..50), 1..400),
+            window_s in 1i64..900,
+        ) {
+            let mut fast = RateWindow::default();
+            let mut all: Vec<(Timestamp, f64)> = Vec::new();
+            let (mut ts, window) = (0i64, window_s * S);
+            for (dt, dv) in steps {
+                ts += dt * S;
+                let v = 60.0 + f64::from(dv) / 10.0;
+                all.push((ts, v));
+                let min = all
+                    .iter()
+                    .filter(|(t, _)| ts - *t <= window)
+                    .map(|(_, x)| *x)
+                    .fold(f64::INFINITY, f64::min);
+                proptest::prop_assert_eq!(fast.update(ts, v, window), v - min);
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@
 use crate::config::{InfluxApi, InfluxConfig};
 
 use super::WriteError;
+use super::queue::Batch;
+use std::sync::Arc;
 
 /// A configured store connection.
 pub struct InfluxWriter {
@@ -98,15 +100,15 @@ impl InfluxWriter {
         Ok(InfluxWriter { target })
     }
 
-    /// Sends one batch; returns after the store answered 2xx.
-    pub async fn write(&self, body: &str) -> Result<(), WriteError> {
+    /// Sends one batch body (see [`body_of`]); returns after the store answered 2xx.
+    pub async fn write(&self, body: bytes::Bytes) -> Result<(), WriteError> {
         match &self.target {
             Target::V2 {
                 client,
                 org,
                 bucket,
             } => client
-                .write_line_protocol(org, bucket, body.to_string())
+                .write_line_protocol(org, bucket, body)
                 .await
                 .map_err(|e| match e {
                     influxdb2::RequestError::Http { status, text } => {
@@ -120,7 +122,7 @@ impl InfluxWriter {
                 username,
                 password,
             } => {
-                let mut req = http.post(url.clone()).body(body.to_string());
+                let mut req = http.post(url.clone()).body(body);
                 if !username.is_empty() {
                     req = req.basic_auth(username, Some(password));
                 }
@@ -137,6 +139,18 @@ impl InfluxWriter {
             }
         }
     }
+}
+
+/// The request body of a batch, sharing the batch's memory: a batch is megabytes, and a
+/// copy per attempt was one more of them alive per write.
+pub fn body_of(batch: &Arc<Batch>) -> bytes::Bytes {
+    struct Shared(Arc<Batch>);
+    impl AsRef<[u8]> for Shared {
+        fn as_ref(&self) -> &[u8] {
+            self.0.body.as_bytes()
+        }
+    }
+    bytes::Bytes::from_owner(Shared(Arc::clone(batch)))
 }
 
 /// 4xx means the data itself is refused, except the statuses that mean "not now".

@@ -52,10 +52,10 @@ pub enum Writer {
 
 impl Writer {
     /// Sends one batch; returns after the destination accepted it.
-    pub async fn write(&mut self, body: &str) -> Result<(), WriteError> {
+    pub async fn write(&mut self, batch: &Arc<Batch>) -> Result<(), WriteError> {
         match self {
-            Writer::Influx(w) => w.write(body).await,
-            Writer::File(w) => w.write(body).await,
+            Writer::Influx(w) => w.write(influx::body_of(batch)).await,
+            Writer::File(w) => w.write(&batch.body).await,
         }
     }
 
@@ -426,7 +426,7 @@ pub async fn run_writer(
         let batch = Arc::clone(&out.batch);
         let started = Instant::now();
         let result = tokio::select! {
-            r = writer.write(&batch.body) => r,
+            r = writer.write(&batch) => r,
             _ = hard_stop.cancelled() => {
                 tracing::warn!(sink = writer.name(), pending_points = queue.pending_points(), "shutdown deadline reached with unsent points");
                 return;

@@ -63,7 +63,7 @@ pub const MAX_RECORD: u32 = 256 << 20;
 const INDEX_FILE: &str = "ack";
 const JOURNAL_FILE: &str = "open.journal";
 /// Bytes of recently appended batches the spool keeps in memory for the writer.
-const RECENT_BYTES: usize = 8 << 20;
+const RECENT_BYTES: usize = 4 << 20;
 
 /// What can go wrong with the spool.
 #[derive(Debug, thiserror::Error)]
@@ -236,17 +236,45 @@ fn record_crc(len: u32, points: u32, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Encodes one record (header and payload) onto `out`.
-pub fn encode_record(out: &mut Vec<u8>, points: u32, payload: &[u8]) {
+/// A record's header and the part of `payload` it covers.
+fn record_parts(points: u32, payload: &[u8]) -> ([u8; RECORD_HEADER], &[u8]) {
     // A batch is far below 4 GiB; the cap keeps a bogus one from wrapping the length.
     let len = u32::try_from(payload.len())
         .unwrap_or(u32::MAX)
         .min(MAX_RECORD);
     let payload = &payload[..len as usize];
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&record_crc(len, points, payload).to_le_bytes());
-    out.extend_from_slice(&points.to_le_bytes());
+    let mut header = [0u8; RECORD_HEADER];
+    header[0..4].copy_from_slice(&len.to_le_bytes());
+    header[4..8].copy_from_slice(&record_crc(len, points, payload).to_le_bytes());
+    header[8..12].copy_from_slice(&points.to_le_bytes());
+    (header, payload)
+}
+
+/// Encodes one record (header and payload) onto `out`.
+pub fn encode_record(out: &mut Vec<u8>, points: u32, payload: &[u8]) {
+    let (header, payload) = record_parts(points, payload);
+    out.extend_from_slice(&header);
     out.extend_from_slice(payload);
+}
+
+/// Writes a header and a payload with as few `writev` calls as the OS allows, without
+/// first copying a megabyte batch behind its 12-byte header.
+fn write_all_vectored(f: &mut File, header: &[u8], payload: &[u8]) -> std::io::Result<()> {
+    let mut parts = [
+        std::io::IoSlice::new(header),
+        std::io::IoSlice::new(payload),
+    ];
+    let mut rest = &mut parts[..];
+    std::io::IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match f.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 struct Segment {
@@ -283,8 +311,6 @@ struct SpoolMetrics {
 /// The open batch's journal (see the module docs).
 struct Journal {
     file: Option<File>,
-    /// Reused record buffer.
-    scratch: Vec<u8>,
     /// Bytes past the magic: something to empty when the batch is sealed.
     used: bool,
     /// A write failed: logged once, retried with every reading.
@@ -466,7 +492,6 @@ impl Spool {
             inner: Mutex::new(inner),
             journal: Mutex::new(Journal {
                 file: None,
-                scratch: Vec::new(),
                 used: false,
                 failing: false,
             }),
@@ -536,14 +561,12 @@ impl Spool {
         let mut j = self.lock_journal();
         let Journal {
             file,
-            scratch,
             used,
             failing,
         } = &mut *j;
         let Some(f) = file.as_mut() else { return };
-        scratch.clear();
-        encode_record(scratch, points, lines);
-        match f.write_all(scratch) {
+        let (header, payload) = record_parts(points, lines);
+        match write_all_vectored(f, &header, payload) {
             Ok(()) => {
                 *used = true;
                 *failing = false;
@@ -631,10 +654,9 @@ impl Spool {
     }
 
     fn append(&self, batch: &Arc<Batch>) -> Result<(), SpoolError> {
-        let mut buf = Vec::with_capacity(RECORD_HEADER + batch.body.len());
         let points = u32::try_from(batch.points).unwrap_or(u32::MAX);
-        encode_record(&mut buf, points, batch.body.as_bytes());
-        let need = buf.len() as u64;
+        let (header, payload) = record_parts(points, batch.body.as_bytes());
+        let need = (header.len() + payload.len()) as u64;
         let mut inner = self.lock();
         if self.settings.when_full == WhenFull::DropOldest {
             while inner.disk_bytes + need > self.settings.max_bytes && !inner.segments.is_empty() {
@@ -677,7 +699,7 @@ impl Spool {
                 return Err(SpoolError::Task("no open segment".into()));
             };
             let path = segment_path(&self.settings.dir, *id);
-            match file.write_all(&buf) {
+            match write_all_vectored(file, &header, payload) {
                 Ok(()) => {
                     if self.settings.fsync == Fsync::EveryBatch
                         && let Err(e) = file.sync_data()
