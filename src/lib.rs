@@ -265,7 +265,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
             )),
             BatchSettings {
                 batch_size: 5000,
-                max_bytes: 1 << 20,
+                max_bytes: 2 << 20,
                 flush_interval: Duration::from_secs(1),
             },
             1000,

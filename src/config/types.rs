@@ -241,7 +241,7 @@ fn default_batch_size() -> usize {
 }
 
 fn default_batch_max_bytes() -> usize {
-    1 << 20
+    2 << 20
 }
 
 fn default_flush_interval() -> Duration {
