@@ -87,6 +87,9 @@ done
 cpu_s() { sed 's/.*) //' "/proc/$1/stat" | awk -v t="$CLK_TCK" '{printf "%.3f", ($12 + $13) / t}'; }
 hwm_mb() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 now_s() { date +%s.%N; }
+# steal_s — CPU seconds the hypervisor gave to other guests (all CPUs; /proc/stat field 8
+# of the "cpu" line). On a shared host this is what makes two runs of the same build differ.
+steal_s() { awk -v t="$CLK_TCK" '/^cpu / {printf "%.3f", $9 / t}' /proc/stat; }
 scrape() { curl -fsS --max-time 10 "$1/metrics"; }
 wait_http() {
     local url=$1 i
@@ -184,18 +187,22 @@ EOF
     scrape "http://127.0.0.1:$port" >"$dir/m0.txt"
     curl -fsS "$VM_URL/metrics" >"$dir/vm0.txt"
     t0=$(now_s) d0=$(cpu_s "$gw") s0=$(cpu_s "$sim") v0=$(cpu_s "$VM_PID")
+    echo "$(steal_s) $t0" >"$dir/steal.txt"
     sleep "$duration"
     scrape "http://127.0.0.1:$port" >"$dir/m1.txt"
     curl -fsS "$VM_URL/metrics" >"$dir/vm1.txt"
     t1=$(now_s) d1=$(cpu_s "$gw") s1=$(cpu_s "$sim") v1=$(cpu_s "$VM_PID")
+    echo "$(steal_s) $t1" >>"$dir/steal.txt"
     local rss
     rss=$(hwm_mb "$gw")
     stop_pid "$gw"
 
     if ((bare_duration > 0)); then
         log "modbus: bare-poller on the same harness, ${bare_duration}s"
+        echo "$(steal_s) $(now_s)" >>"$dir/steal.txt"
         "$BIN/bare-poller" --addrs-file "$dir/addrs" --units "$UNITS" --interval "$INTERVAL" \
             --warmup 3s --duration "${bare_duration}s" >"$dir/bare.json" 2>"$dir/bare.log"
+        echo "$(steal_s) $(now_s)" >>"$dir/steal.txt"
     else
         echo '{}' >"$dir/bare.json"
     fi
@@ -268,6 +275,15 @@ vm_rows = total(vm1, "vm_rows_inserted_total") - total(vm0, "vm_rows_inserted_to
 bare = json.load(open(f"{d}/bare.json"))
 gw_per_poll = gw_cpu * 1e6 / ok if ok else None
 r = lambda x, k=2: None if x is None else round(x, k)
+# Hypervisor steal over the daemon's window and over the bare client's run, in % of the
+# machine (all CPUs): above a few % the figures of that scenario are not comparable.
+import os
+marks = [tuple(map(float, l.split())) for l in open(f"{d}/steal.txt")]
+ncpu = os.cpu_count() or 1
+def steal_pct(a, b):
+    if len(marks) <= b:
+        return None
+    return r(100 * (marks[b][0] - marks[a][0]) / max(marks[b][1] - marks[a][1], 1e-9) / ncpu, 1)
 print(json.dumps({
     "devices": n,
     "mode": mode,
@@ -293,6 +309,8 @@ print(json.dumps({
     "victoriametrics_cpu_pct_of_core": r(100 * (float(v1) - float(v0)) / secs, 1),
     "daemon_cpu_us_per_poll": r(gw_per_poll, 2),
     "daemon_cpu_ns_per_value": r(gw_per_poll * 1000 / values, 1) if gw_per_poll else None,
+    "steal_pct": steal_pct(0, 1),
+    "bare_steal_pct": steal_pct(2, 3),
     "bare": {k: r(v, 3) if isinstance(v, float) else v for k, v in bare.items()},
     "overhead_ratio": r(gw_per_poll / bare["cpu_us_per_poll"], 2)
         if gw_per_poll and bare.get("cpu_us_per_poll") else None,
