@@ -297,8 +297,7 @@ pub async fn run_batcher_with_lines(
                     if body.len() >= max_bytes {
                         // One journal record per sealed part: the batch it belongs to is
                         // sealed right after, so the journal never holds two batches.
-                        queue.journal(&body.as_bytes()[start..], added);
-                        points += added as usize;
+                        journal_since(&queue, &body, start, added, &mut points);
                         seal(&mut body, &mut points, &queue, &encoded).await;
                         start = 0;
                         added = 0;
@@ -307,8 +306,7 @@ pub async fn run_batcher_with_lines(
                 if added > 0 {
                     // One journal record (one `write`) per chunk: every encoded reading is
                     // journaled before the next chunk is taken.
-                    queue.journal(&body.as_bytes()[start..], added);
-                    points += added as usize;
+                    journal_since(&queue, &body, start, added, &mut points);
                 }
                 if points >= settings.batch_size {
                     seal(&mut body, &mut points, &queue, &encoded).await;
@@ -344,6 +342,12 @@ async fn recv_lines(lines: &mut Option<mpsc::UnboundedReceiver<String>>) -> Opti
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Journals the `added` lines encoded since `start` and counts them into the batch.
+fn journal_since(queue: &Buffer, body: &str, start: usize, added: u32, points: &mut usize) {
+    queue.journal(&body.as_bytes()[start..], added);
+    *points += added as usize;
 }
 
 async fn seal(body: &mut String, points: &mut usize, queue: &Buffer, encoded: &Counter) {

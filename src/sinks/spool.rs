@@ -265,7 +265,6 @@ fn write_all_vectored(f: &mut File, header: &[u8], payload: &[u8]) -> std::io::R
         std::io::IoSlice::new(payload),
     ];
     let mut rest = &mut parts[..];
-    std::io::IoSlice::advance_slices(&mut rest, 0);
     while !rest.is_empty() {
         match f.write_vectored(rest) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
