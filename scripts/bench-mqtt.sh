@@ -25,7 +25,7 @@
 # accepted rate of the highest sustained step. After two failed steps in a row the rest are
 # skipped.
 #
-# Environment: BENCH_MQTT_METERS=10000, BENCH_MQTT_RATES="25000 50000 75000 100000 150000",
+# Environment: BENCH_MQTT_METERS=10000, BENCH_MQTT_RATES="50000 75000 100000 120000",
 # BENCH_MQTT_STEP=15 (s), BENCH_MQTT_WARMUP=5 (s, at the first rate), BENCH_MQTT_CONNECTIONS=4,
 # BENCH_MQTT_QOS=0, BENCH_MQTT_DRAIN=10 (s), BENCH_MQTT_MAX_LAG_S=0.2. Defaults: about 2.5 min.
 
@@ -54,7 +54,7 @@ bench_mqtt_settle() {
 
 bench_mqtt() {
     local dir="$WORK/mqtt" meters=${BENCH_MQTT_METERS:-10000}
-    local rates=${BENCH_MQTT_RATES:-"25000 50000 75000 100000 150000"}
+    local rates=${BENCH_MQTT_RATES:-"50000 75000 100000 120000"}
     local step=${BENCH_MQTT_STEP:-15} warmup=${BENCH_MQTT_WARMUP:-5}
     local conns=${BENCH_MQTT_CONNECTIONS:-4} qos=${BENCH_MQTT_QOS:-0}
     local drain=${BENCH_MQTT_DRAIN:-10} max_lag=${BENCH_MQTT_MAX_LAG_S:-0.2}

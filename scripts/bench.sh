@@ -23,11 +23,11 @@
 # Environment (all optional):
 #   BENCH_DEVICES="1000 5000 10000"  device counts      BENCH_UNITS=100   unit ids per port
 #   BENCH_DURATION=60   measured seconds per scenario   BENCH_WARMUP=8    seconds before it
-#   BENCH_BARE_DURATION=30  measured seconds of bare-poller per scenario
+#   BENCH_BARE_DURATION=20  measured seconds of bare-poller per scenario
 #   BENCH_COLLECTION_DEVICES="10000"  device counts of the collection-only scenario (alarms
 #       and KPIs off; " " = none), BENCH_COLLECTION_DURATION=30, BENCH_COLLECTION_BARE_DURATION=15
 #   BENCH_SWEEP_VALUES="10 40 120"  register sweep: maps of V 16-bit values (one read each) on
-#       BENCH_SWEEP_DEVICES=2000 devices for BENCH_SWEEP_DURATION=20 s each (" " = none)
+#       BENCH_SWEEP_DEVICES=2000 devices for BENCH_SWEEP_DURATION=15 s each (" " = none)
 #   BENCH_INTERVAL=1s   poll interval                    BENCH_SKIP_BUILD=1  reuse target/release
 #   BENCH_SKIP_CRITERION=1  skip the micro-benchmarks   BENCH_KEEP=1  keep the work dir
 #   BENCH_GRIDWATCH=PATH  measure another gridwatch binary (before/after comparisons)
@@ -42,13 +42,13 @@ DEVICES=${BENCH_DEVICES:-"1000 5000 10000"}
 UNITS=${BENCH_UNITS:-100}
 DURATION=${BENCH_DURATION:-60}
 WARMUP=${BENCH_WARMUP:-8}
-BARE_DURATION=${BENCH_BARE_DURATION:-30}
+BARE_DURATION=${BENCH_BARE_DURATION:-20}
 COLLECTION_DEVICES=${BENCH_COLLECTION_DEVICES:-10000}
 COLLECTION_DURATION=${BENCH_COLLECTION_DURATION:-30}
 COLLECTION_BARE_DURATION=${BENCH_COLLECTION_BARE_DURATION:-15}
 SWEEP_VALUES=${BENCH_SWEEP_VALUES:-"10 40 120"}
 SWEEP_DEVICES=${BENCH_SWEEP_DEVICES:-2000}
-SWEEP_DURATION=${BENCH_SWEEP_DURATION:-20}
+SWEEP_DURATION=${BENCH_SWEEP_DURATION:-15}
 INTERVAL=${BENCH_INTERVAL:-1s}
 # The binaries measured (BENCH_BIN=dir: a saved build, e.g. a baseline for before/after).
 BIN=${BENCH_BIN:-$REPO/target/release}
@@ -57,6 +57,16 @@ GRIDWATCH=${BENCH_GRIDWATCH:-$BIN/gridwatch}
 CLK_TCK=$(getconf CLK_TCK)
 
 log() { echo "bench: $*" >&2; }
+# Wall-clock seconds of the run and of each phase, reported in the JSON (`run_seconds`): the
+# whole run, build included, must stay under 15 minutes.
+BENCH_T0=$(date +%s.%N)
+PHASE_T0=$BENCH_T0
+PHASES=""
+phase_done() { # phase_done NAME: time since the previous phase ended
+    local t; t=$(date +%s.%N)
+    PHASES+="$1=$(awk -v a="$t" -v b="$PHASE_T0" 'BEGIN {printf "%.1f", a - b}') "
+    PHASE_T0=$t
+}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gridwatch-bench.XXXXXX")
 # Generated register maps (the register sweep); every daemon config lists this directory.
@@ -81,6 +91,7 @@ fi
 for b in gridwatch gridwatch-sim bare-poller; do
     [[ -x "$BIN/$b" ]] || { log "missing $BIN/$b"; exit 1; }
 done
+phase_done build
 
 # ------------------------------------------------------------------ helpers
 # CPU seconds (utime + stime, all threads) of PID. Field 2 (comm) may hold spaces: cut it.
@@ -321,12 +332,15 @@ PY
 for n in $DEVICES; do
     run_modbus "$n"
 done
+phase_done modbus
 for n in $COLLECTION_DEVICES; do
     run_modbus "$n" collection
 done
+phase_done collection
 for v in $SWEEP_VALUES; do
     run_modbus "$SWEEP_DEVICES" "sweep-$v"
 done
+phase_done sweep
 
 # ------------------------------------------------------------------ micro-benchmarks
 if [[ -z "${BENCH_SKIP_CRITERION:-}" ]]; then
@@ -334,6 +348,7 @@ if [[ -z "${BENCH_SKIP_CRITERION:-}" ]]; then
     rm -rf "$REPO/target/criterion/decode" "$REPO/target/criterion/lineproto"
     cargo bench --bench hot_path >&2
 fi
+phase_done criterion
 python3 - "$REPO/target/criterion" >"$WORK/criterion.json" <<'PY'
 import json, os, sys
 root = sys.argv[1]
@@ -397,15 +412,22 @@ if [[ -n "${BENCH_SKIP_MQTT:-}" ]]; then skipped BENCH_SKIP_MQTT "$WORK/mqtt.jso
     fresh_vm
     run_hook mqtt mqtt-load "$REPO/scripts/bench-mqtt.sh" bench_mqtt "$WORK/mqtt.json"
 fi
+phase_done mqtt
 if [[ -n "${BENCH_SKIP_ALARM:-}" ]]; then skipped BENCH_SKIP_ALARM "$WORK/alarm.json"; else
     run_hook alarms "" "$REPO/scripts/bench-alarm.sh" bench_alarm "$WORK/alarm.json"
 fi
 
+phase_done alarms
+BENCH_T1=$(date +%s.%N)
+
 # ------------------------------------------------------------------ the report
-python3 - "$WORK" "$DEVICES" "$COLLECTION_DEVICES" "$SWEEP_VALUES" "$SWEEP_DEVICES" <<'PY'
+python3 - "$WORK" "$DEVICES" "$COLLECTION_DEVICES" "$SWEEP_VALUES" "$SWEEP_DEVICES" \
+    "$(awk -v a="$BENCH_T1" -v b="$BENCH_T0" 'BEGIN {printf "%.1f", a - b}')" "$PHASES" <<'PY'
 import json, os, platform, subprocess, sys
 work, devices, collection = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 sweep_values, sweep_devices = sys.argv[4].split(), sys.argv[5]
+run_seconds = round(float(sys.argv[6]), 1)
+phases = {k: round(float(v), 1) for k, v in (p.split("=", 1) for p in sys.argv[7].split())}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 def sh(*a):
     try:
@@ -450,5 +472,8 @@ print(json.dumps({
     "mqtt": mqtt,
     "alarm_latency": alarm,
     "targets_met": targets,
+    "run_seconds": run_seconds,
+    "run_le_15_minutes": run_seconds <= 900,
+    "phase_seconds": phases,
 }, indent=2))
 PY

@@ -68,6 +68,27 @@ impl DeviceInfo {
     }
 }
 
+#[cfg(test)]
+impl DeviceInfo {
+    /// A device `id` of `kind` on site `S1`, feeder `F1`, polled every second (tests).
+    pub(crate) fn for_test(id: &str, kind: &str) -> Self {
+        DeviceInfo {
+            id: id.into(),
+            kind: kind.into(),
+            site: "S1".into(),
+            feeder: "F1".into(),
+            parent: None,
+            location: None,
+            rated_kva: None,
+            nominal_voltage: None,
+            customers: 1,
+            interval_ns: 1_000_000_000,
+            lp_series: String::new(),
+        }
+        .finish()
+    }
+}
+
 /// One field of a schema: its name and unit.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FieldDef {

@@ -49,7 +49,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WhenFull;
-use crate::metrics::{Counter, Gauge, Registry};
+use crate::metrics::{Counter, Gauge, Histogram, Registry};
 
 use super::queue::Batch;
 
@@ -305,6 +305,7 @@ struct SpoolMetrics {
     pending_points: Gauge,
     pending_bytes: Gauge,
     pending_batches: Gauge,
+    append_seconds: Histogram,
 }
 
 /// The open batch's journal (see the module docs).
@@ -388,6 +389,11 @@ impl Spool {
             io_errors: registry.counter(
                 "gridwatch_spool_io_errors_total",
                 "Failed spool file operations.",
+                &[],
+            ),
+            append_seconds: registry.histogram(
+                "gridwatch_spool_append_seconds",
+                "Time to append a sealed batch to the spool (write, fsync with every_batch); the batcher waits for it.",
                 &[],
             ),
             pending_points: registry.gauge(
@@ -635,9 +641,13 @@ impl Spool {
             }
         }
         let this = Arc::clone(self);
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || this.append(&batch))
             .await
             .map_err(|e| SpoolError::Task(e.to_string()))?;
+        self.metrics
+            .append_seconds
+            .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             self.metrics.io_errors.inc();
             tracing::error!(error = %e, "spool append failed");
