@@ -253,22 +253,11 @@ mod tests {
     use crate::model::{DeviceInfo, FieldDef, Quality, Schema};
 
     fn reading(ts: Timestamp, v: f64, i: f64) -> Arc<Reading> {
-        let device = Arc::new(
-            DeviceInfo {
-                id: "TX-1".into(),
-                kind: "transformer".into(),
-                site: "S".into(),
-                feeder: "F".into(),
-                parent: None,
-                location: None,
-                rated_kva: Some(630.0),
-                nominal_voltage: Some(230.0),
-                customers: 1,
-                interval_ns: 1_000_000_000,
-                lp_series: String::new(),
-            }
-            .finish(),
-        );
+        let device = Arc::new(DeviceInfo {
+            rated_kva: Some(630.0),
+            nominal_voltage: Some(230.0),
+            ..DeviceInfo::for_test("TX-1", "transformer")
+        });
         let names = [
             "voltage_a",
             "voltage_b",

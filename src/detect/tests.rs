@@ -5,17 +5,13 @@ const S: i64 = 1_000_000_000;
 fn device(id: &str, kind: &str, parent: Option<&str>) -> Arc<DeviceInfo> {
     Arc::new(
         DeviceInfo {
-            id: id.into(),
-            kind: kind.into(),
             site: "S7".into(),
             feeder: "F07".into(),
             parent: parent.map(str::to_string),
-            location: None,
             rated_kva: Some(630.0),
             nominal_voltage: Some(230.0),
-            customers: 1,
             interval_ns: S,
-            lp_series: String::new(),
+            ..DeviceInfo::for_test(id, kind)
         }
         .finish(),
     )

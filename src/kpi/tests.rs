@@ -7,17 +7,13 @@ const DAY0: i64 = 20_759 * 86_400 * S;
 fn device(id: &str, kind: &str, interval_s: i64) -> Arc<DeviceInfo> {
     Arc::new(
         DeviceInfo {
-            id: id.into(),
-            kind: kind.into(),
             site: "S7".into(),
             feeder: "F07".into(),
-            parent: None,
-            location: None,
             rated_kva: Some(100.0),
             nominal_voltage: Some(230.0),
             customers: 3,
             interval_ns: interval_s * S,
-            lp_series: String::new(),
+            ..DeviceInfo::for_test(id, kind)
         }
         .finish(),
     )

@@ -317,6 +317,9 @@ pub async fn run_batcher_with_lines(
                 queue.journal(text.as_bytes(), u32::try_from(n).unwrap_or(u32::MAX));
                 body.push_str(&text);
                 points += n;
+                if points >= settings.batch_size || body.len() >= max_bytes {
+                    seal(&mut body, &mut points, &queue, &encoded).await;
+                }
             }
             _ = tick.tick() => {
                 if points > 0 {
@@ -329,6 +332,9 @@ pub async fn run_batcher_with_lines(
         while let Ok(text) = lines.try_recv() {
             body.push_str(&text);
             points += text.lines().count();
+            if points >= settings.batch_size || body.len() >= max_bytes {
+                seal(&mut body, &mut points, &queue, &encoded).await;
+            }
         }
     }
     if points > 0 {

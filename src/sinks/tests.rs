@@ -5,22 +5,7 @@ use super::*;
 use crate::model::DeviceInfo;
 
 fn device(id: &str) -> Arc<DeviceInfo> {
-    Arc::new(
-        DeviceInfo {
-            id: id.into(),
-            kind: "meter".into(),
-            site: "S1".into(),
-            feeder: "F1".into(),
-            parent: None,
-            location: None,
-            rated_kva: None,
-            nominal_voltage: None,
-            customers: 1,
-            interval_ns: 1_000_000_000,
-            lp_series: String::new(),
-        }
-        .finish(),
-    )
+    Arc::new(DeviceInfo::for_test(id, "meter"))
 }
 
 /// Runs the batcher over `n` readings and returns the batches it sealed, oldest first.
@@ -42,6 +27,10 @@ async fn batches_of(n: usize, settings: BatchSettings) -> Vec<Arc<Batch>> {
     }
     drop(tx);
     run_batcher(rx, Buffer::Memory(Arc::clone(&queue)), settings, registry).await;
+    drain(&queue)
+}
+
+fn drain(queue: &BatchQueue) -> Vec<Arc<Batch>> {
     let mut out = Vec::new();
     while let Some(b) = queue.front() {
         queue.ack();
@@ -107,4 +96,53 @@ async fn batch_size_still_caps_points() {
     .await;
     let points: Vec<usize> = batches.iter().map(|b| b.points).collect();
     assert_eq!(points, vec![100, 100, 50]);
+}
+
+#[tokio::test]
+async fn pre_encoded_lines_alone_are_sealed_at_the_caps() {
+    // Alarm and KPI lines arrive on their own channel; a burst of them (an alarm storm) must
+    // not grow one batch past the caps while no reading comes to seal it.
+    let registry = Registry::new();
+    let queue = Arc::new(BatchQueue::new(10_000, registry.counter("d", "d", &[])));
+    let (tx, rx) = mpsc::channel::<Arc<Reading>>(1);
+    let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+    for i in 0..300 {
+        let line = format!(
+            "alarm,device=TX-{i:04},rule=oil_temp_high state=\"raised\" 1700000000{i:09}\n"
+        );
+        lines_tx.send(line).expect("batcher is listening");
+    }
+    drop(lines_tx);
+    drop(tx);
+    let max_bytes = 4096;
+    let settings = BatchSettings {
+        batch_size: 120,
+        max_bytes,
+        flush_interval: Duration::from_secs(3600),
+    };
+    run_batcher_with_lines(
+        rx,
+        Some(lines_rx),
+        Buffer::Memory(Arc::clone(&queue)),
+        settings,
+        registry,
+    )
+    .await;
+    let batches = drain(&queue);
+    assert!(batches.len() > 2, "only {} batches", batches.len());
+    let longest = 100;
+    for (i, b) in batches.iter().enumerate() {
+        assert_eq!(b.points, b.body.lines().count(), "batch {i}");
+        assert!(b.points <= 120, "batch {i}: {} points", b.points);
+        assert!(
+            b.body.len() < max_bytes + longest,
+            "batch {i}: {} bytes",
+            b.body.len()
+        );
+    }
+    let lines: Vec<&str> = batches.iter().flat_map(|b| b.body.lines()).collect();
+    assert_eq!(lines.len(), 300);
+    for (i, l) in lines.iter().enumerate() {
+        assert!(l.contains(&format!("device=TX-{i:04},")), "line {i}: {l}");
+    }
 }

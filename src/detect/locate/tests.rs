@@ -41,17 +41,13 @@ fn det(t: &Topology, meter: &str, rule_id: &str, change: Change, ts: i64) -> Det
     Detection {
         device: Arc::new(
             DeviceInfo {
-                id: meter.into(),
-                kind: n.kind.clone(),
                 site: n.site.clone(),
                 feeder: n.feeder.clone(),
                 parent: n.parent.clone(),
-                location: None,
-                rated_kva: None,
                 nominal_voltage: Some(230.0),
                 customers: n.customers,
                 interval_ns: S,
-                lp_series: String::new(),
+                ..DeviceInfo::for_test(meter, &n.kind)
             }
             .finish(),
         ),

@@ -9,17 +9,9 @@ use crate::model::{DeviceInfo, FieldDef, FieldId, Quality, Schema};
 
 fn device(id: &str, kind: &str, site: &str, feeder: &str) -> DeviceInfo {
     DeviceInfo {
-        id: id.into(),
-        kind: kind.into(),
         site: site.into(),
         feeder: feeder.into(),
-        parent: None,
-        location: None,
-        rated_kva: None,
-        nominal_voltage: None,
-        customers: 1,
-        interval_ns: 1_000_000_000,
-        lp_series: String::new(),
+        ..DeviceInfo::for_test(id, kind)
     }
     .finish()
 }

@@ -55,17 +55,11 @@ fn setup(
         .map(|id| {
             Arc::new(
                 DeviceInfo {
-                    id: (*id).into(),
-                    kind: "meter".into(),
                     site: "declared".into(),
-                    feeder: "F1".into(),
                     parent: Some("TX-1".into()),
-                    location: None,
-                    rated_kva: None,
                     nominal_voltage: Some(230.0),
-                    customers: 1,
                     interval_ns: S,
-                    lp_series: String::new(),
+                    ..DeviceInfo::for_test(id, "meter")
                 }
                 .finish(),
             )
