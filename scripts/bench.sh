@@ -33,7 +33,7 @@
 #   BENCH_GRIDWATCH=PATH  measure another gridwatch binary (before/after comparisons)
 #   BENCH_BIN=DIR  take gridwatch, gridwatch-sim and bare-poller from DIR (a saved build)
 #   BENCH_SKIP_MQTT=1 / BENCH_SKIP_ALARM=1  leave out those scenarios
-# Default run: about 6 minutes after the build on a 2-core machine.
+# Default run: about 14.5 minutes including the build on a 2-core machine (run_seconds in the JSON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
