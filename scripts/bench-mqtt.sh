@@ -163,8 +163,20 @@ def total(m, name, **labels):
             s += v
     return s
 
+def consumers(m, name):
+    out = set()
+    for k in m:
+        base, _, rest = k.partition("{")
+        if base == name and 'consumer="' in rest:
+            out.add(rest.split('consumer="', 1)[1].split('"', 1)[0])
+    return sorted(out)
+
 m0, m1, m2 = (parse(f"{sd}/m{i}.txt") for i in range(3))
 d = lambda a, b, name, **l: total(b, name, **l) - total(a, name, **l)
+
+def mean_ms(a, b, name):
+    n = d(a, b, f"{name}_count")
+    return round(1000 * d(a, b, f"{name}_sum") / n, 2) if n else None
 sim = json.load(open(f"{sd}/sim.json"))
 published = sim["published"]
 secs = sim["seconds"]
@@ -194,6 +206,18 @@ print(json.dumps({
     "readings": int(d(m0, m2, "gridwatch_readings_total")),
     "points_written": int(d(m0, m2, "gridwatch_points_written_total")),
     "pipeline_dropped": int(d(m0, m2, "gridwatch_pipeline_dropped_total")),
+    # Which lossy consumer shed readings (history, kpi, rules, stream).
+    "pipeline_dropped_by_consumer": {
+        c: int(d(m0, m2, "gridwatch_pipeline_dropped_total", consumer=c))
+        for c in consumers(m2, "gridwatch_pipeline_dropped_total")
+        if d(m0, m2, "gridwatch_pipeline_dropped_total", consumer=c) > 0
+    },
+    # Whether the store kept up: requests sent, their mean time, and the spool's backlog
+    # (batches appended but not yet accepted) when the step ended.
+    "store_requests": int(d(m0, m2, "gridwatch_write_duration_seconds_count")),
+    "store_request_mean_ms": mean_ms(m0, m2, "gridwatch_write_duration_seconds"),
+    "spool_append_mean_ms": mean_ms(m0, m2, "gridwatch_spool_append_seconds"),
+    "spool_pending_batches_at_end": int(total(m2, "gridwatch_spool_pending_batches")),
     "seconds": r(secs, 2),
     "daemon_cpu_pct_of_core": r(100 * (float(d1) - float(d0)) / window),
     "mosquitto_cpu_pct_of_core": r(100 * (float(q1) - float(q0)) / window),
