@@ -235,9 +235,19 @@ fn injected_mqtt_meter_faults_raise_exactly_the_expected_alarms_and_clear() {
             .filter(|a| a["state"] != "cleared")
             .map(|a| (key(a), a["state"].as_str().unwrap_or("").to_string()))
             .collect();
+        let listed: BTreeSet<Key> = l.iter().map(key).collect();
         assert!(
             cleared_start.elapsed() < Duration::from_secs(30),
-            "not cleared 30 s after the faults ended: {open:#?}"
+            "not cleared 30 s after the faults ended: open {open:#?}; listed but not \
+             expected {:#?}; expected but not listed {:#?}",
+            listed
+                .iter()
+                .filter(|k| !expected.contains_key(*k))
+                .collect::<Vec<_>>(),
+            expected
+                .keys()
+                .filter(|k| !listed.contains(*k))
+                .collect::<Vec<_>>(),
         );
         std::thread::sleep(Duration::from_millis(200));
     }
