@@ -208,9 +208,8 @@ print(json.dumps({
     "pipeline_dropped": int(d(m0, m2, "gridwatch_pipeline_dropped_total")),
     # Which lossy consumer shed readings (history, kpi, rules, stream).
     "pipeline_dropped_by_consumer": {
-        c: int(d(m0, m2, "gridwatch_pipeline_dropped_total", consumer=c))
-        for c in consumers(m2, "gridwatch_pipeline_dropped_total")
-        if d(m0, m2, "gridwatch_pipeline_dropped_total", consumer=c) > 0
+        c: n for c in consumers(m2, "gridwatch_pipeline_dropped_total")
+        if (n := int(d(m0, m2, "gridwatch_pipeline_dropped_total", consumer=c))) > 0
     },
     # Whether the store kept up: requests sent, their mean time, and the spool's backlog
     # (batches appended but not yet accepted) when the step ended.

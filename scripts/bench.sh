@@ -57,14 +57,16 @@ GRIDWATCH=${BENCH_GRIDWATCH:-$BIN/gridwatch}
 CLK_TCK=$(getconf CLK_TCK)
 
 log() { echo "bench: $*" >&2; }
+now_s() { date +%s.%N; }
+elapsed_s() { awk -v a="$2" -v b="$1" 'BEGIN {printf "%.1f", a - b}'; } # elapsed_s FROM TO
 # Wall-clock seconds of the run and of each phase, reported in the JSON (`run_seconds`): the
 # whole run, build included, must stay under 15 minutes.
-BENCH_T0=$(date +%s.%N)
+BENCH_T0=$(now_s)
 PHASE_T0=$BENCH_T0
 PHASES=""
 phase_done() { # phase_done NAME: time since the previous phase ended
-    local t; t=$(date +%s.%N)
-    PHASES+="$1=$(awk -v a="$t" -v b="$PHASE_T0" 'BEGIN {printf "%.1f", a - b}') "
+    local t; t=$(now_s)
+    PHASES+="$1=$(elapsed_s "$PHASE_T0" "$t") "
     PHASE_T0=$t
 }
 
@@ -97,7 +99,6 @@ phase_done build
 # CPU seconds (utime + stime, all threads) of PID. Field 2 (comm) may hold spaces: cut it.
 cpu_s() { sed 's/.*) //' "/proc/$1/stat" | awk -v t="$CLK_TCK" '{printf "%.3f", ($12 + $13) / t}'; }
 hwm_mb() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
-now_s() { date +%s.%N; }
 # steal_s — CPU seconds the hypervisor gave to other guests (all CPUs; /proc/stat field 8
 # of the "cpu" line). On a shared host this is what makes two runs of the same build differ.
 steal_s() { awk -v t="$CLK_TCK" '/^cpu / {printf "%.3f", $9 / t}' /proc/stat; }
@@ -418,11 +419,10 @@ if [[ -n "${BENCH_SKIP_ALARM:-}" ]]; then skipped BENCH_SKIP_ALARM "$WORK/alarm.
 fi
 
 phase_done alarms
-BENCH_T1=$(date +%s.%N)
 
 # ------------------------------------------------------------------ the report
 python3 - "$WORK" "$DEVICES" "$COLLECTION_DEVICES" "$SWEEP_VALUES" "$SWEEP_DEVICES" \
-    "$(awk -v a="$BENCH_T1" -v b="$BENCH_T0" 'BEGIN {printf "%.1f", a - b}')" "$PHASES" <<'PY'
+    "$(elapsed_s "$BENCH_T0" "$(now_s)")" "$PHASES" <<'PY'
 import json, os, platform, subprocess, sys
 work, devices, collection = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 sweep_values, sweep_devices = sys.argv[4].split(), sys.argv[5]

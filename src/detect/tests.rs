@@ -10,7 +10,6 @@ fn device(id: &str, kind: &str, parent: Option<&str>) -> Arc<DeviceInfo> {
             parent: parent.map(str::to_string),
             rated_kva: Some(630.0),
             nominal_voltage: Some(230.0),
-            interval_ns: S,
             ..DeviceInfo::for_test(id, kind)
         }
         .finish(),

@@ -269,6 +269,7 @@ pub async fn run_batcher_with_lines(
         &[],
     );
     let max_bytes = settings.max_bytes.max(1);
+    let full = |points: usize, body: &str| points >= settings.batch_size || body.len() >= max_bytes;
     // Sealing at `max_bytes` overshoots by at most one line.
     let mut body = String::with_capacity(max_bytes + max_bytes / 8);
     let mut points = 0usize;
@@ -308,7 +309,7 @@ pub async fn run_batcher_with_lines(
                     // journaled before the next chunk is taken.
                     journal_since(&queue, &body, start, added, &mut points);
                 }
-                if points >= settings.batch_size {
+                if full(points, &body) {
                     seal(&mut body, &mut points, &queue, &encoded).await;
                 }
             }
@@ -317,7 +318,7 @@ pub async fn run_batcher_with_lines(
                 queue.journal(text.as_bytes(), u32::try_from(n).unwrap_or(u32::MAX));
                 body.push_str(&text);
                 points += n;
-                if points >= settings.batch_size || body.len() >= max_bytes {
+                if full(points, &body) {
                     seal(&mut body, &mut points, &queue, &encoded).await;
                 }
             }
@@ -332,7 +333,7 @@ pub async fn run_batcher_with_lines(
         while let Ok(text) = lines.try_recv() {
             body.push_str(&text);
             points += text.lines().count();
-            if points >= settings.batch_size || body.len() >= max_bytes {
+            if full(points, &body) {
                 seal(&mut body, &mut points, &queue, &encoded).await;
             }
         }

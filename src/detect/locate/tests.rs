@@ -46,7 +46,6 @@ fn det(t: &Topology, meter: &str, rule_id: &str, change: Change, ts: i64) -> Det
                 parent: n.parent.clone(),
                 nominal_voltage: Some(230.0),
                 customers: n.customers,
-                interval_ns: S,
                 ..DeviceInfo::for_test(meter, &n.kind)
             }
             .finish(),

@@ -58,7 +58,6 @@ fn setup(
                     site: "declared".into(),
                     parent: Some("TX-1".into()),
                     nominal_voltage: Some(230.0),
-                    interval_ns: S,
                     ..DeviceInfo::for_test(id, "meter")
                 }
                 .finish(),
