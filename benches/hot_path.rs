@@ -50,6 +50,7 @@ fn device(i: usize) -> Arc<DeviceInfo> {
             customers: 1,
             interval_ns: 1_000_000_000,
             lp_series: String::new(),
+            slot: gridwatch::model::Slot::NONE,
         }
         .finish(),
     )

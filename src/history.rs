@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::devmap::DeviceMap;
 use crate::model::{Reading, Timestamp};
 
 /// `[history]`: what the API keeps in memory for charts.
@@ -132,8 +133,8 @@ pub const MAX_FIELDS: usize = 32;
 #[derive(Debug, Default)]
 pub struct History {
     cfg: HistoryConfig,
-    latest: RwLock<foldhash::HashMap<String, Arc<Reading>>>,
-    windows: RwLock<foldhash::HashMap<String, Window>>,
+    latest: RwLock<DeviceMap<Arc<Reading>>>,
+    windows: RwLock<DeviceMap<Window>>,
 }
 
 impl History {
@@ -154,13 +155,9 @@ impl History {
     pub fn record(&self, reading: Arc<Reading>) {
         self.add_to_window(&reading);
         let mut map = self.latest.write().unwrap_or_else(|e| e.into_inner());
-        // Replace in place: cloning the id for `insert` would allocate on every reading.
-        match map.get_mut(&reading.device.id) {
-            Some(old) if old.ts > reading.ts => {}
-            Some(old) => *old = reading,
-            None => {
-                map.insert(reading.device.id.clone(), reading);
-            }
+        let old = map.get_or_insert_with(&reading.device, || Arc::clone(&reading));
+        if old.ts <= reading.ts {
+            *old = reading;
         }
     }
 
@@ -168,13 +165,7 @@ impl History {
         let resolution = i64::try_from(self.cfg.resolution.as_nanos()).unwrap_or(i64::MAX);
         let window = i64::try_from(self.cfg.window.as_nanos()).unwrap_or(i64::MAX);
         let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
-        // Looked up by &str first: `entry` needs an owned key, an allocation per reading.
-        if !windows.contains_key(&r.device.id) {
-            windows.insert(r.device.id.clone(), Window::default());
-        }
-        let Some(w) = windows.get_mut(&r.device.id) else {
-            return;
-        };
+        let w = windows.get_or_insert_with(&r.device, Window::default);
         let oldest = r.ts.saturating_sub(window);
         while w.ts.front().is_some_and(|ts| *ts < oldest) {
             w.pop_front();
@@ -205,7 +196,7 @@ impl History {
     /// The latest reading of `device`.
     pub fn latest(&self, device: &str) -> Option<Arc<Reading>> {
         let map = self.latest.read().unwrap_or_else(|e| e.into_inner());
-        map.get(device).cloned()
+        map.get_by_id(device).cloned()
     }
 
     /// The chart window of `device` (empty columns when nothing was recorded).
@@ -217,7 +208,7 @@ impl History {
             fields,
             ts: Vec::new(),
         };
-        if let Some(w) = windows.get(device) {
+        if let Some(w) = windows.get_by_id(device) {
             view.ts.extend(w.ts.iter().copied());
             for col in &mut view.values {
                 col.resize(w.ts.len(), None);
@@ -324,7 +315,7 @@ mod tests {
         }
         {
             let windows = h.windows.read().unwrap();
-            let w = &windows["TX-1"];
+            let w = windows.get_by_id("TX-1").unwrap();
             let kept: Vec<usize> = w.cols.iter().map(|(f, _)| *f).collect();
             assert_eq!(kept, vec![1, 2], "no column for oil_temp");
             assert!(w.ts.capacity() <= 361, "capacity {}", w.ts.capacity());
@@ -358,7 +349,7 @@ mod tests {
             h.record(reading(t * s, 230.0, 1.0));
         }
         let windows = h.windows.read().unwrap();
-        let w = &windows["TX-1"];
+        let w = windows.get_by_id("TX-1").unwrap();
         assert_eq!(w.ts.len(), 101);
         assert!(w.ts.capacity() <= 101 + 4, "capacity {}", w.ts.capacity());
         assert!(w.cols[0].1.capacity() <= 101 + 4);

@@ -12,6 +12,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod detect;
+pub mod devmap;
 pub mod eventlog;
 pub mod fuzzing;
 pub mod history;
@@ -118,7 +119,8 @@ pub fn build_devices(loaded: &LoadedConfig) -> Vec<Arc<DeviceInfo>> {
         .devices
         .iter()
         .filter(|d| d.enabled)
-        .map(|d| {
+        .enumerate()
+        .map(|(i, d)| {
             Arc::new(
                 DeviceInfo {
                     id: d.id.clone(),
@@ -132,6 +134,8 @@ pub fn build_devices(loaded: &LoadedConfig) -> Vec<Arc<DeviceInfo>> {
                     customers: d.customers,
                     interval_ns: i64::try_from(d.interval.as_nanos()).unwrap_or(i64::MAX),
                     lp_series: String::new(),
+                    // The registry's order, so it keeps these very `Arc`s.
+                    slot: crate::model::Slot::new(i),
                 }
                 .finish(),
             )

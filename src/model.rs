@@ -50,6 +50,30 @@ pub struct DeviceInfo {
     /// Pre-escaped line-protocol series key: `measurement,device=..,feeder=..,kind=..,site=..`.
     #[serde(skip)]
     pub lp_series: String,
+    /// Dense index given at registration, where consumers keep this device's state.
+    #[serde(skip)]
+    pub slot: Slot,
+}
+
+/// A device's dense index from [`crate::registry::DeviceRegistry`]: consumers keep per-device
+/// state in a vector at this index ([`crate::devmap::DeviceMap`]) instead of hashing the id
+/// on every reading. [`Slot::NONE`] for a device that was never registered (replays, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(u32);
+
+impl Slot {
+    /// No slot: state is found by id.
+    pub const NONE: Slot = Slot(u32::MAX);
+
+    /// Slot `i` (NONE if it does not fit).
+    pub fn new(i: usize) -> Slot {
+        u32::try_from(i).map_or(Slot::NONE, Slot)
+    }
+
+    /// The index, unless NONE.
+    pub fn index(self) -> Option<usize> {
+        (self != Slot::NONE).then_some(self.0 as usize)
+    }
 }
 
 impl DeviceInfo {
@@ -84,6 +108,7 @@ impl DeviceInfo {
             customers: 1,
             interval_ns: 1_000_000_000,
             lp_series: String::new(),
+            slot: Slot::NONE,
         }
         .finish()
     }

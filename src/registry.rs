@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::model::DeviceInfo;
+use crate::model::{DeviceInfo, Slot};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -38,13 +38,21 @@ impl DeviceRegistry {
     }
 
     /// Adds `device` unless its id is taken; returns the registered entry either way and
-    /// whether it was new.
+    /// whether it was new. A new entry carries its [`Slot`], the index in this registry.
     pub fn insert(&self, device: Arc<DeviceInfo>) -> (Arc<DeviceInfo>, bool) {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if let Some(&i) = inner.by_id.get(&device.id) {
             return (Arc::clone(&inner.list[i]), false);
         }
         let i = inner.list.len();
+        let device = if device.slot == Slot::new(i) {
+            device
+        } else {
+            Arc::new(DeviceInfo {
+                slot: Slot::new(i),
+                ..(*device).clone()
+            })
+        };
         inner.by_id.insert(device.id.clone(), i);
         inner.list.push(Arc::clone(&device));
         (device, true)

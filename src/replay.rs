@@ -160,6 +160,7 @@ pub fn for_each_reading(
                         customers: 1,
                         interval_ns: gap.unwrap_or(1_000_000_000),
                         lp_series: String::new(),
+                        slot: crate::model::Slot::NONE,
                     }
                     .finish(),
                 )

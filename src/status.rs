@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 
+use crate::devmap::DeviceMap;
 use crate::model::{DeviceInfo, Timestamp};
 
 /// Health of one device as the control room sees it.
@@ -42,6 +43,20 @@ pub struct DeviceState {
     /// Request-level health of a unit on a bus (RTU, RTU over TCP); `None` for others.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkHealth>,
+}
+
+impl DeviceState {
+    /// Not heard from yet, since `at`.
+    fn unknown(at: Timestamp) -> Self {
+        DeviceState {
+            status: DeviceStatus::Unknown,
+            last_seen: None,
+            consecutive_failures: 0,
+            last_error: None,
+            since: at,
+            link: None,
+        }
+    }
 }
 
 /// Per-unit counters of a Modbus unit on a shared bus, since start-up.
@@ -79,7 +94,7 @@ pub struct StatusChange {
 /// Shared status of every device.
 #[derive(Debug)]
 pub struct StatusBoard {
-    devices: RwLock<foldhash::HashMap<String, DeviceState>>,
+    devices: RwLock<DeviceMap<DeviceState>>,
     /// Every transition is also broadcast here, whichever source reported it, for the
     /// event log and the live stream ([`StatusBoard::subscribe`]).
     changes: tokio::sync::broadcast::Sender<StatusChange>,
@@ -97,22 +112,10 @@ impl Default for StatusBoard {
 impl StatusBoard {
     /// A board with every configured device in `unknown`.
     pub fn new(devices: &[Arc<DeviceInfo>], now: Timestamp) -> Arc<Self> {
-        let map = devices
-            .iter()
-            .map(|d| {
-                (
-                    d.id.clone(),
-                    DeviceState {
-                        status: DeviceStatus::Unknown,
-                        last_seen: None,
-                        consecutive_failures: 0,
-                        last_error: None,
-                        since: now,
-                        link: None,
-                    },
-                )
-            })
-            .collect();
+        let mut map = DeviceMap::default();
+        for d in devices {
+            map.get_or_insert_with(d, || DeviceState::unknown(now));
+        }
         Arc::new(StatusBoard {
             devices: RwLock::new(map),
             ..StatusBoard::default()
@@ -125,7 +128,12 @@ impl StatusBoard {
     }
 
     /// Records a successful poll (`complete` false for a partial one).
-    pub fn success(&self, device: &str, at: Timestamp, complete: bool) -> Option<StatusChange> {
+    pub fn success(
+        &self,
+        device: &Arc<DeviceInfo>,
+        at: Timestamp,
+        complete: bool,
+    ) -> Option<StatusChange> {
         let to = if complete {
             DeviceStatus::Online
         } else {
@@ -142,7 +150,7 @@ impl StatusBoard {
     /// Records a failed poll; `offline_after` consecutive failures make the device offline.
     pub fn failure(
         &self,
-        device: &str,
+        device: &Arc<DeviceInfo>,
         at: Timestamp,
         error: &str,
         offline_after: u32,
@@ -162,27 +170,12 @@ impl StatusBoard {
 
     fn update(
         &self,
-        device: &str,
+        device: &Arc<DeviceInfo>,
         at: Timestamp,
         f: impl FnOnce(&mut DeviceState) -> DeviceStatus,
     ) -> Option<StatusChange> {
         let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
-        // Called after every poll: look up by `&str` first, so the usual case (a known
-        // device) allocates nothing; only a device first seen here gets an owned key.
-        if !map.contains_key(device) {
-            map.insert(
-                device.to_string(),
-                DeviceState {
-                    status: DeviceStatus::Unknown,
-                    last_seen: None,
-                    consecutive_failures: 0,
-                    last_error: None,
-                    since: at,
-                    link: None,
-                },
-            );
-        }
-        let state = map.get_mut(device)?;
+        let state = map.get_or_insert_with(device, || DeviceState::unknown(at));
         let to = f(state);
         if to == state.status {
             return None;
@@ -191,7 +184,7 @@ impl StatusBoard {
         state.status = to;
         state.since = at;
         let change = StatusChange {
-            device: device.to_string(),
+            device: device.id.clone(),
             from,
             to,
             at,
@@ -202,7 +195,7 @@ impl StatusBoard {
     }
 
     /// Updates the bus counters of `device` (created at zero on first use).
-    pub fn update_link(&self, device: &str, f: impl FnOnce(&mut LinkHealth)) {
+    pub fn update_link(&self, device: &DeviceInfo, f: impl FnOnce(&mut LinkHealth)) {
         let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
         if let Some(state) = map.get_mut(device) {
             f(state.link.get_or_insert_with(LinkHealth::default));
@@ -212,7 +205,7 @@ impl StatusBoard {
     /// The state of one device.
     pub fn get(&self, device: &str) -> Option<DeviceState> {
         let map = self.devices.read().unwrap_or_else(|e| e.into_inner());
-        map.get(device).cloned()
+        map.get_by_id(device).cloned()
     }
 
     /// Number of devices in each status.
@@ -233,20 +226,21 @@ mod tests {
     #[test]
     fn degraded_then_offline_then_back_online() {
         let board = StatusBoard::new(&[], 0);
+        let a = Arc::new(DeviceInfo::for_test("a", "meter"));
         assert_eq!(
-            board.success("a", 1, true).map(|c| c.to),
+            board.success(&a, 1, true).map(|c| c.to),
             Some(DeviceStatus::Online)
         );
         assert_eq!(
-            board.failure("a", 2, "timeout", 2).map(|c| c.to),
+            board.failure(&a, 2, "timeout", 2).map(|c| c.to),
             Some(DeviceStatus::Degraded)
         );
         assert_eq!(
-            board.failure("a", 3, "timeout", 2).map(|c| c.to),
+            board.failure(&a, 3, "timeout", 2).map(|c| c.to),
             Some(DeviceStatus::Offline)
         );
-        assert!(board.failure("a", 4, "timeout", 2).is_none());
-        let back = board.success("a", 5, true).map(|c| (c.from, c.to));
+        assert!(board.failure(&a, 4, "timeout", 2).is_none());
+        let back = board.success(&a, 5, true).map(|c| (c.from, c.to));
         assert_eq!(back, Some((DeviceStatus::Offline, DeviceStatus::Online)));
         let state = board
             .get("a")

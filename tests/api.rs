@@ -37,6 +37,7 @@ fn device(id: &str) -> Arc<DeviceInfo> {
             customers: 1,
             interval_ns: 1_000_000_000,
             lp_series: String::new(),
+            slot: gridwatch::model::Slot::NONE,
         }
         .finish(),
     )
@@ -65,7 +66,7 @@ async fn start(api: ApiConfig) -> Api {
         .collect();
     // One device answers, so /readyz is ready.
     let status = gridwatch::status::StatusBoard::new(&devices, 0);
-    status.success("TX-0701", 1, true);
+    status.success(&devices[0], 1, true);
     let state = AppState {
         status,
         devices: gridwatch::registry::DeviceRegistry::new(&devices),

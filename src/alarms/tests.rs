@@ -41,6 +41,7 @@ fn dev() -> Arc<DeviceInfo> {
         customers: 1,
         interval_ns: S,
         lp_series: String::new(),
+        slot: crate::model::Slot::NONE,
     })
 }
 

@@ -212,7 +212,7 @@ pub struct Locator {
     feeder_rule: Arc<Rule>,
     phase_rules: [Arc<Rule>; 3],
     /// Last phase voltages and nominal of each device.
-    voltages: foldhash::HashMap<String, ([Option<f64>; 3], f64)>,
+    voltages: crate::devmap::DeviceMap<([Option<f64>; 3], f64)>,
     /// Phase rules a transformer's `phase_loss` was turned into.
     phase_raised: foldhash::HashMap<String, Vec<Arc<Rule>>>,
     dark: BTreeMap<String, Dark>,
@@ -322,16 +322,11 @@ impl Locator {
             return;
         };
         let v = ["voltage_a", "voltage_b", "voltage_c"].map(|f| r.get(f));
-        match self.voltages.get_mut(&r.device.id) {
-            Some(slot) => *slot = (v, nominal),
-            None => {
-                self.voltages.insert(r.device.id.clone(), (v, nominal));
-            }
-        }
+        *self.voltages.get_or_insert_with(&r.device, || (v, nominal)) = (v, nominal);
     }
 
     fn lost_phases(&self, id: &str) -> Vec<Phase> {
-        match self.voltages.get(id) {
+        match self.voltages.get_by_id(id) {
             Some((v, n)) => Phase::ALL
                 .iter()
                 .zip(v)
@@ -378,7 +373,7 @@ impl Locator {
         let id = d.device.id.clone();
         let rules = match d.change {
             Change::Raise => {
-                let lost: Vec<Arc<Rule>> = match self.voltages.get(&id) {
+                let lost: Vec<Arc<Rule>> = match self.voltages.get_by_id(&id) {
                     Some((v, n)) => Phase::ALL
                         .iter()
                         .zip(v)
@@ -513,6 +508,7 @@ impl Locator {
                 customers: 0,
                 interval_ns: 1,
                 lp_series: String::new(),
+                slot: crate::model::Slot::NONE,
             }
             .finish(),
         )

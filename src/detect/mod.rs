@@ -371,7 +371,7 @@ pub struct Engine {
     rules: RuleSet,
     ctx: DeriveContext,
     correlate: bool,
-    devices: foldhash::HashMap<String, DeviceState>,
+    devices: crate::devmap::DeviceMap<DeviceState>,
 }
 
 impl Engine {
@@ -415,7 +415,8 @@ impl Engine {
                 tracker: LevelTracker::default(),
             })
             .collect();
-        self.devices.entry(info.id.clone()).or_insert(DeviceState {
+        let dev = Arc::clone(&info);
+        self.devices.get_or_insert_with(&dev, || DeviceState {
             info,
             rules,
             latest: None,
@@ -426,7 +427,7 @@ impl Engine {
     /// Marks an alarm restored from the store as active so it clears through the normal
     /// hysteresis once its condition is gone.
     pub fn restore(&mut self, device: &str, rule: &str, severity: Severity) {
-        if let Some(d) = self.devices.get_mut(device)
+        if let Some(d) = self.devices.get_by_id_mut(device)
             && let Some(s) = d.rules.iter_mut().find(|s| &*s.rule.id == rule)
         {
             let level = s
@@ -445,7 +446,7 @@ impl Engine {
             .device
             .parent
             .as_ref()
-            .and_then(|p| self.devices.get(p))
+            .and_then(|p| self.devices.get_by_id(p))
             .and_then(|p| p.latest.clone())
             .filter(|p| {
                 // Only a recent parent reading says anything about now.
@@ -454,8 +455,8 @@ impl Engine {
             });
         let ctx = self.ctx;
         let correlate = self.correlate;
-        let dev = match self.devices.contains_key(&r.device.id) {
-            true => self.devices.get_mut(&r.device.id),
+        let dev = match self.devices.get(&r.device).is_some() {
+            true => self.devices.get_mut(&r.device),
             false => Some(self.add_device(Arc::clone(&r.device), r.ts)),
         };
         let Some(dev) = dev else {

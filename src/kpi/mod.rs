@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::detect::config::{AlarmsConfig, VoltageStandard};
+use crate::devmap::DeviceMap;
 use crate::eventlog::{EventLog, EventLogError};
 use crate::model::{DeviceInfo, Reading, Timestamp};
 use crate::topology::{METER, Node, TRANSFORMER, Topology};
@@ -148,9 +149,9 @@ pub struct KpiEngine {
     nominal_f: f64,
     band_f: f64,
     thermal: crate::detect::derived::ThermalParams,
-    devices: foldhash::HashMap<String, DevState>,
+    devices: DeviceMap<DevState>,
     /// Day accumulators by day, then device (looked up by `&str`, no key built per reading).
-    days: BTreeMap<i64, foldhash::HashMap<String, DayAcc>>,
+    days: BTreeMap<i64, DeviceMap<DayAcc>>,
     dirty: foldhash::HashSet<(i64, String)>,
     finished: Vec<Interruption>,
     topology: Topology,
@@ -176,7 +177,7 @@ impl KpiEngine {
     /// Continues from saved day accumulators (today's, at start-up).
     pub fn restore(&mut self, rows: Vec<(i64, String, DayAcc)>) {
         for (day, device, acc) in rows {
-            self.days.entry(day).or_default().insert(device, acc);
+            self.days.entry(day).or_default().insert_by_id(&device, acc);
         }
     }
 
@@ -194,7 +195,7 @@ impl KpiEngine {
 
     /// Feeds one reading (in time order per device).
     pub fn on_reading(&mut self, r: &Reading) {
-        if !self.devices.contains_key(&r.device.id) {
+        if self.devices.get(&r.device).is_none() {
             if self.topology.get(&r.device.id).is_none() {
                 let d = &r.device;
                 self.topology.insert(Node {
@@ -203,21 +204,18 @@ impl KpiEngine {
                     ..Node::new(&d.id, &d.kind, &d.site, &d.feeder, d.parent.as_deref())
                 });
             }
-            self.devices.insert(
-                r.device.id.clone(),
-                DevState {
-                    info: Arc::clone(&r.device),
-                    last_ts: None,
-                    voltage: None,
-                    frequency: None,
-                    load: None,
-                    down: None,
-                    dirty_day: None,
-                },
-            );
+            self.devices.get_or_insert_with(&r.device, || DevState {
+                info: Arc::clone(&r.device),
+                last_ts: None,
+                voltage: None,
+                frequency: None,
+                load: None,
+                down: None,
+                dirty_day: None,
+            });
         }
         let cap = self.cap_ns(&r.device);
-        let Some(st) = self.devices.get_mut(&r.device.id) else {
+        let Some(st) = self.devices.get_mut(&r.device) else {
             return;
         };
         // 1. The time since the previous reading belongs to the previous state.
@@ -230,13 +228,11 @@ impl KpiEngine {
                 let day = day_of(t);
                 let cut = ((day + 1) * NS_PER_DAY).min(end);
                 let secs = (cut - t) as f64 / NS_PER_S as f64;
-                let per_day = self.days.entry(day).or_default();
-                if !per_day.contains_key(&st.info.id) {
-                    per_day.insert(st.info.id.clone(), DayAcc::default());
-                }
-                let Some(acc) = per_day.get_mut(&st.info.id) else {
-                    break;
-                };
+                let acc = self
+                    .days
+                    .entry(day)
+                    .or_default()
+                    .get_or_insert_with(&st.info, DayAcc::default);
                 if let Some(c) = st.voltage {
                     acc.voltage.record(c, secs);
                 }
@@ -326,7 +322,7 @@ impl KpiEngine {
             .dirty
             .drain()
             .filter_map(|(d, dev)| {
-                let acc = *self.days.get(&d)?.get(&dev)?;
+                let acc = *self.days.get(&d)?.get_by_id(&dev)?;
                 Some((d, dev, acc))
             })
             .collect();
@@ -652,7 +648,7 @@ impl KpiService {
             let days = e
                 .days
                 .iter()
-                .flat_map(|(d, per)| per.iter().map(|(dev, a)| (*d, dev.clone(), *a)))
+                .flat_map(|(d, per)| per.iter().map(|(dev, a)| (*d, dev.to_string(), *a)))
                 .collect();
             let mut interruptions = e.finished.clone();
             interruptions.extend(e.open_interruptions(now));

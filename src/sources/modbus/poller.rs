@@ -287,7 +287,7 @@ impl Connection {
             for d in &mut devices {
                 d.unit_metrics = Some(UnitMetrics::new(registry, &cfg.name, d.unit, &d.info.id));
                 let interval_ms = d.interval.as_millis() as u64;
-                status.update_link(&d.info.id, |l| l.poll_interval_ms = interval_ms);
+                status.update_link(&d.info, |l| l.poll_interval_ms = interval_ms);
             }
         }
         Connection {
@@ -367,17 +367,17 @@ impl Connection {
         let change = match &outcome {
             PollOutcome::Complete => {
                 self.metrics.polls_ok.inc();
-                self.status.success(&device.info.id, at, true)
+                self.status.success(&device.info, at, true)
             }
             PollOutcome::Partial => {
                 self.metrics.polls_partial.inc();
-                self.status.success(&device.info.id, at, false)
+                self.status.success(&device.info, at, false)
             }
             PollOutcome::Failed { error: err, .. } | PollOutcome::Unreachable(err) => {
                 self.metrics.polls_failed.inc();
                 tracing::debug!(device = %device.info.id, endpoint = %self.cfg.name, error = %err, "poll failed");
                 self.status
-                    .failure(&device.info.id, at, err, self.cfg.offline_after)
+                    .failure(&device.info, at, err, self.cfg.offline_after)
             }
         };
         if let Some(change) = change {
@@ -421,7 +421,7 @@ impl Connection {
         }
         if d.unit_metrics.is_some() {
             let interval_ms = interval.as_millis() as u64;
-            self.status.update_link(&d.info.id, |l| {
+            self.status.update_link(&d.info, |l| {
                 l.backed_off = now;
                 l.poll_interval_ms = interval_ms;
             });
@@ -654,7 +654,7 @@ impl Connection {
             RequestResult::Exception => m.exception.inc(),
             RequestResult::Transport => m.transport_error.inc(),
         }
-        self.status.update_link(&d.info.id, |l: &mut LinkHealth| {
+        self.status.update_link(&d.info, |l: &mut LinkHealth| {
             l.requests += 1;
             match result {
                 RequestResult::Ok => {}

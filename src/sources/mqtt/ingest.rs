@@ -341,7 +341,7 @@ impl Ingest {
                     (Arc::clone(schema), ids)
                 }
             };
-            self.status.success(device_id, now, true);
+            self.status.success(&state.info, now, true);
             out.push(Reading {
                 device: Arc::clone(&state.info),
                 ts,
@@ -385,6 +385,7 @@ impl Ingest {
                     customers: 1,
                     interval_ns: sub.interval_ns,
                     lp_series: String::new(),
+                    slot: crate::model::Slot::NONE,
                 }
                 .finish();
                 let (info, new) = self.registry.insert(Arc::new(info));
@@ -423,11 +424,7 @@ impl Ingest {
             if silent > limit {
                 state.offline = true;
                 let error = format!("no message for {} s", silent / 1_000_000_000);
-                if self
-                    .status
-                    .failure(&state.info.id, now, &error, 1)
-                    .is_some()
-                {
+                if self.status.failure(&state.info, now, &error, 1).is_some() {
                     tracing::warn!(device = %state.info.id, silent_s = silent / 1_000_000_000, "mqtt device silent; offline");
                 }
                 changed += 1;
