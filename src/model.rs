@@ -145,6 +145,106 @@ pub struct Schema {
     /// full.
     #[serde(skip)]
     index: foldhash::HashMap<String, FieldId>,
+    /// Ids of the [`Known`] fields, so that derived quantities skip the name lookup.
+    #[serde(skip)]
+    known: [Option<FieldId>; Known::ALL.len()],
+}
+
+/// Fields that derived quantities, KPIs and built-in rules read on every reading: each
+/// schema resolves them once, and [`Reading::known`] is an array index instead of a hash
+/// lookup of the name (a dozen per reading otherwise, most for fields a device lacks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// `voltage_a`.
+    VoltageA,
+    /// `voltage_b`.
+    VoltageB,
+    /// `voltage_c`.
+    VoltageC,
+    /// `current_a`.
+    CurrentA,
+    /// `current_b`.
+    CurrentB,
+    /// `current_c`.
+    CurrentC,
+    /// `active_power`.
+    ActivePower,
+    /// `reactive_power`.
+    ReactivePower,
+    /// `frequency`.
+    Frequency,
+    /// `oil_temp`.
+    OilTemp,
+    /// `winding_temp`.
+    WindingTemp,
+    /// `clock_offset`.
+    ClockOffset,
+    /// `meter_time`.
+    MeterTime,
+    /// `last_gasp`.
+    LastGasp,
+    /// `power_factor`.
+    PowerFactor,
+    /// `thd_voltage`.
+    ThdVoltage,
+    /// `energy_import`.
+    EnergyImport,
+}
+
+impl Known {
+    /// Every known field, in declaration order.
+    pub const ALL: [Known; 17] = [
+        Known::VoltageA,
+        Known::VoltageB,
+        Known::VoltageC,
+        Known::CurrentA,
+        Known::CurrentB,
+        Known::CurrentC,
+        Known::ActivePower,
+        Known::ReactivePower,
+        Known::Frequency,
+        Known::OilTemp,
+        Known::WindingTemp,
+        Known::ClockOffset,
+        Known::MeterTime,
+        Known::LastGasp,
+        Known::PowerFactor,
+        Known::ThdVoltage,
+        Known::EnergyImport,
+    ];
+
+    /// The three phase voltages.
+    pub const VOLTAGES: [Known; 3] = [Known::VoltageA, Known::VoltageB, Known::VoltageC];
+    /// The three phase currents.
+    pub const CURRENTS: [Known; 3] = [Known::CurrentA, Known::CurrentB, Known::CurrentC];
+
+    /// The field name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Known::VoltageA => "voltage_a",
+            Known::VoltageB => "voltage_b",
+            Known::VoltageC => "voltage_c",
+            Known::CurrentA => "current_a",
+            Known::CurrentB => "current_b",
+            Known::CurrentC => "current_c",
+            Known::ActivePower => "active_power",
+            Known::ReactivePower => "reactive_power",
+            Known::Frequency => "frequency",
+            Known::OilTemp => "oil_temp",
+            Known::WindingTemp => "winding_temp",
+            Known::ClockOffset => "clock_offset",
+            Known::MeterTime => "meter_time",
+            Known::LastGasp => "last_gasp",
+            Known::PowerFactor => "power_factor",
+            Known::ThdVoltage => "thd_voltage",
+            Known::EnergyImport => "energy_import",
+        }
+    }
+
+    /// The known field called `name`.
+    pub fn from_name(name: &str) -> Option<Known> {
+        Known::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 impl Schema {
@@ -157,13 +257,26 @@ impl Schema {
                 index.entry(f.name.clone()).or_insert(id);
             }
         }
-        Schema { fields, index }
+        let mut s = Schema {
+            fields,
+            index,
+            known: Default::default(),
+        };
+        for k in Known::ALL {
+            s.known[k as usize] = s.id_of(k.name());
+        }
+        s
     }
 
     /// Adds a field at the end; returns its id (`None` when the schema is full). Use this, not
     /// `fields.push`, so that [`id_of`](Self::id_of) finds it.
     pub fn push(&mut self, field: FieldDef) -> Option<FieldId> {
         let id = FieldId::try_from(self.fields.len()).ok()?;
+        if let Some(k) = Known::from_name(&field.name)
+            && self.known[k as usize].is_none()
+        {
+            self.known[k as usize] = Some(id);
+        }
         self.index.entry(field.name.clone()).or_insert(id);
         self.fields.push(field);
         Some(id)
@@ -241,11 +354,53 @@ impl Reading {
 
     /// The value of a field by name, if the reading has it.
     pub fn get(&self, name: &str) -> Option<f64> {
-        let id = self.schema.id_of(name)?;
+        self.value_of(self.schema.id_of(name)?)
+    }
+
+    /// The value of a [`Known`] field, if the reading has it.
+    pub fn known(&self, k: Known) -> Option<f64> {
+        self.value_of(self.schema.known[k as usize]?)
+    }
+
+    /// The value of field `id`, if the reading has it.
+    pub fn value_of(&self, id: FieldId) -> Option<f64> {
         // Sources emit values in schema order, so the value of field `id` is usually at `id`.
         match self.values.get(usize::from(id)) {
             Some((f, v)) if *f == id => Some(*v),
             _ => self.values.iter().find(|(f, _)| *f == id).map(|(_, v)| *v),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_fields_agree_with_the_lookup_by_name() {
+        let dev = Arc::new(DeviceInfo::for_test("M1", "meter"));
+        let mut r = Reading::from_pairs(
+            Arc::clone(&dev),
+            0,
+            &[("energy", 5.0), ("voltage_b", 231.0), ("voltage_a", 229.5)],
+        );
+        assert_eq!(r.known(Known::VoltageA), Some(229.5));
+        assert_eq!(r.known(Known::VoltageB), Some(231.0));
+        assert_eq!(r.known(Known::VoltageC), None);
+        for k in Known::ALL {
+            assert_eq!(r.known(k), r.get(k.name()), "{}", k.name());
+            assert_eq!(Known::from_name(k.name()), Some(k));
+        }
+        // A field added later (an MQTT device naming a new field) is found too; a repeated
+        // name keeps the first, as the lookup by name does.
+        let mut schema = Schema::clone(&r.schema);
+        let c = schema.push(FieldDef::new("voltage_c", None));
+        let again = schema.push(FieldDef::new("voltage_a", None));
+        r.schema = Arc::new(schema);
+        r.values.push((c.unwrap(), 228.0));
+        r.values.push((again.unwrap(), 1.0));
+        assert_eq!(r.known(Known::VoltageC), Some(228.0));
+        assert_eq!(r.known(Known::VoltageA), Some(229.5));
+        assert_eq!(r.get("voltage_a"), Some(229.5));
     }
 }

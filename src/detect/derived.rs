@@ -4,7 +4,7 @@
 //! other name is looked up in the reading. Every function returns `None` when an input is
 //! missing, so a rule on a quantity a device cannot provide simply never fires.
 
-use crate::model::Reading;
+use crate::model::{Known, Reading};
 
 /// The derived quantities by the name a rule's `field` gives them.
 pub const DERIVED: &[(&str, Derived)] = &[
@@ -121,9 +121,9 @@ pub fn derived(r: &Reading, d: Derived, ctx: &DeriveContext) -> Option<f64> {
                 return None;
             }
             current_unbalance_pct([
-                r.get("current_a")?,
-                r.get("current_b")?,
-                r.get("current_c")?,
+                r.known(Known::CurrentA)?,
+                r.known(Known::CurrentB)?,
+                r.known(Known::CurrentC)?,
             ])
         }
         Derived::VoltageUnbalancePct => {
@@ -139,28 +139,28 @@ pub fn derived(r: &Reading, d: Derived, ctx: &DeriveContext) -> Option<f64> {
         Derived::VoltageDevMinPct => voltage_deviations(r)?.map(|(_, lo)| lo),
         Derived::PhasesLost => Some(f64::from(phases_lost(phases()?, nominal?))),
         Derived::NeutralLossPct => neutral_loss_pct(phases()?, nominal?),
-        Derived::FrequencyDevHz => Some((r.get("frequency")? - ctx.nominal_frequency).abs()),
+        Derived::FrequencyDevHz => Some((r.known(Known::Frequency)? - ctx.nominal_frequency).abs()),
         Derived::HotSpotEst => {
             // Only when the winding is not measured: a measured winding temperature wins.
-            if r.get("winding_temp").is_some() {
+            if r.known(Known::WindingTemp).is_some() {
                 return None;
             }
             Some(hot_spot(
-                r.get("oil_temp")?,
+                r.known(Known::OilTemp)?,
                 load_pct(r)? / 100.0,
                 &ctx.thermal,
             ))
         }
         Derived::AgeingFactor => {
-            let h = match r.get("winding_temp") {
+            let h = match r.known(Known::WindingTemp) {
                 Some(w) => w,
-                None => hot_spot(r.get("oil_temp")?, load_pct(r)? / 100.0, &ctx.thermal),
+                None => hot_spot(r.known(Known::OilTemp)?, load_pct(r)? / 100.0, &ctx.thermal),
             };
             Some(ageing_factor_iec(h, ctx.thermal.reference_hot_spot_c))
         }
         Derived::ClockDriftS => {
             let ts_s = r.ts as f64 / 1e9;
-            match (r.get("clock_offset"), r.get("meter_time")) {
+            match (r.known(Known::ClockOffset), r.known(Known::MeterTime)) {
                 (Some(off), _) => Some(off.abs()),
                 (None, Some(t)) => Some((t - ts_s).abs()),
                 _ => None,
@@ -171,9 +171,9 @@ pub fn derived(r: &Reading, d: Derived, ctx: &DeriveContext) -> Option<f64> {
 
 fn phase_voltages(r: &Reading) -> Option<[f64; 3]> {
     Some([
-        r.get("voltage_a")?,
-        r.get("voltage_b")?,
-        r.get("voltage_c")?,
+        r.known(Known::VoltageA)?,
+        r.known(Known::VoltageB)?,
+        r.known(Known::VoltageC)?,
     ])
 }
 
@@ -181,15 +181,15 @@ fn phase_voltages(r: &Reading) -> Option<[f64; 3]> {
 /// (kW/kvar) when present, else Σ V·I over the phases.
 pub fn load_pct(r: &Reading) -> Option<f64> {
     let rated = r.device.rated_kva?;
-    let s_kva = match (r.get("active_power"), r.get("reactive_power")) {
+    let s_kva = match (r.known(Known::ActivePower), r.known(Known::ReactivePower)) {
         (Some(p), Some(q)) => p.hypot(q),
         (Some(p), None) => p.abs(),
         _ => {
             let v = phase_voltages(r)?;
             let i = [
-                r.get("current_a")?,
-                r.get("current_b")?,
-                r.get("current_c")?,
+                r.known(Known::CurrentA)?,
+                r.known(Known::CurrentB)?,
+                r.known(Known::CurrentC)?,
             ];
             v.iter().zip(i).map(|(v, i)| v * i).sum::<f64>() / 1000.0
         }

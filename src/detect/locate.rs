@@ -231,6 +231,7 @@ fn located_rule(id: &str, description: &str, action: &str) -> Arc<Rule> {
         rule_type: RuleType::Located,
         field: String::new(),
         derived: None,
+        known: None,
         kinds: None,
         devices: None,
         enabled: true,
@@ -321,7 +322,7 @@ impl Locator {
         let Some(nominal) = r.device.nominal_voltage else {
             return;
         };
-        let v = ["voltage_a", "voltage_b", "voltage_c"].map(|f| r.get(f));
+        let v = crate::model::Known::VOLTAGES.map(|k| r.known(k));
         *self.voltages.get_or_insert_with(&r.device, || (v, nominal)) = (v, nominal);
     }
 

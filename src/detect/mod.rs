@@ -23,7 +23,7 @@ use config::{AlarmsConfig, Direction, Level, RuleConfig, RuleType, Severity, Vol
 use derived::DeriveContext;
 use state::{Ewma, LevelTracker, RateWindow, ResolvedLevel, StuckCounter, Transition};
 
-use crate::model::{DeviceInfo, Reading, Timestamp};
+use crate::model::{DeviceInfo, Known, Reading, Timestamp};
 
 /// The built-in rule library (TOML, documented with its sources).
 pub const LIBRARY: &str = include_str!("library.toml");
@@ -69,6 +69,8 @@ pub struct Rule {
     pub field: String,
     /// `field` resolved, when it names a derived quantity.
     derived: Option<derived::Derived>,
+    /// `field` resolved, when it is a [`Known`] field.
+    known: Option<Known>,
     kinds: Option<Vec<String>>,
     devices: Option<Vec<String>>,
     enabled: bool,
@@ -96,7 +98,10 @@ impl Rule {
     fn quantity(&self, r: &Reading, ctx: &DeriveContext) -> Option<f64> {
         match self.derived {
             Some(d) => derived::derived(r, d, ctx),
-            None => r.get(&self.field),
+            None => match self.known {
+                Some(k) => r.known(k),
+                None => r.get(&self.field),
+            },
         }
     }
 
@@ -291,6 +296,7 @@ fn resolve(index: usize, e: &RuleConfig, a: &AlarmsConfig) -> Result<Rule, RuleE
         id: Arc::from(e.id.as_str()),
         rule_type,
         derived: derived::Derived::from_name(&field),
+        known: Known::from_name(&field),
         field,
         kinds: e.kinds.clone(),
         devices: e.devices.clone(),

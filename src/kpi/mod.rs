@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::detect::config::{AlarmsConfig, VoltageStandard};
 use crate::devmap::DeviceMap;
 use crate::eventlog::{EventLog, EventLogError};
-use crate::model::{DeviceInfo, Reading, Timestamp};
+use crate::model::{DeviceInfo, Known, Reading, Timestamp};
 use crate::topology::{METER, Node, TRANSFORMER, Topology};
 use indices::{Band, Class, Interruption, Loading, Reliability};
 
@@ -256,12 +256,15 @@ impl KpiEngine {
         st.last_ts = Some(r.ts);
 
         // 2. This reading's state.
-        let phases: Vec<f64> = ["voltage_a", "voltage_b", "voltage_c"]
-            .iter()
-            .filter_map(|f| r.get(f))
-            .collect();
+        let mut present = [0.0; 3];
+        let mut n = 0;
+        for v in Known::VOLTAGES.into_iter().filter_map(|k| r.known(k)) {
+            present[n] = v;
+            n += 1;
+        }
+        let phases = &present[..n];
         let nominal = r.device.nominal_voltage;
-        let gasp = r.get("last_gasp") == Some(1.0);
+        let gasp = r.known(Known::LastGasp) == Some(1.0);
         let no_voltage = match (nominal, phases.is_empty()) {
             (Some(n), false) => Some(
                 phases.iter().copied().fold(f64::NEG_INFINITY, f64::max)
@@ -287,7 +290,7 @@ impl KpiEngine {
         let up = st.down.is_none();
         st.voltage = match (up, nominal) {
             (true, Some(n)) if !phases.is_empty() => {
-                Some(indices::classify_voltage(&phases, n, self.band))
+                Some(indices::classify_voltage(phases, n, self.band))
             }
             _ => None,
         };
@@ -297,8 +300,8 @@ impl KpiEngine {
             .map(|f| indices::classify_frequency(f, self.nominal_f, self.band_f));
         st.load = if r.device.kind == TRANSFORMER {
             crate::detect::derived::load_pct(r).map(|load| {
-                let hot = r.get("winding_temp").or_else(|| {
-                    r.get("oil_temp").map(|oil| {
+                let hot = r.known(Known::WindingTemp).or_else(|| {
+                    r.known(Known::OilTemp).map(|oil| {
                         crate::detect::derived::hot_spot(oil, load / 100.0, &self.thermal)
                     })
                 });
