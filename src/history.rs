@@ -10,7 +10,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use crate::devmap::DeviceMap;
 use crate::model::{Reading, Timestamp};
@@ -225,11 +224,11 @@ impl History {
     }
 
     /// Consumes readings from the pipeline until it closes.
-    pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Arc<Reading>>) {
+    pub async fn run(self: Arc<Self>, mut rx: crate::pipeline::ReadingRx) {
         // Charts are read by people: 20 ms late costs nothing, a wake-up per reading does.
         let linger = std::time::Duration::from_millis(20);
         let mut chunk = Vec::with_capacity(1024);
-        while crate::pipeline::recv_chunk(&mut rx, &mut chunk, 1024, linger).await > 0 {
+        while rx.recv_chunk(&mut chunk, 1024, linger).await > 0 {
             for r in chunk.drain(..) {
                 self.record(r);
             }

@@ -145,7 +145,7 @@ pub fn build_devices(loaded: &LoadedConfig) -> Vec<Arc<DeviceInfo>> {
 
 /// The alarm stage before it runs: rules consumer, engine, service and its channels.
 struct AlarmStage {
-    rules_rx: tokio::sync::mpsc::Receiver<Arc<model::Reading>>,
+    rules_rx: pipeline::ReadingRx,
     engine: detect::Engine,
     service: Arc<alarms::service::AlarmService>,
     events_rx: tokio::sync::mpsc::UnboundedReceiver<alarms::AlarmEvent>,
@@ -764,11 +764,11 @@ async fn log_alarm_events(
 }
 
 /// Publishes readings to the live stream while someone subscribes to them.
-async fn forward_readings(mut rx: tokio::sync::mpsc::Receiver<Arc<model::Reading>>, hub: hub::Hub) {
+async fn forward_readings(mut rx: pipeline::ReadingRx, hub: hub::Hub) {
     // A browser redraws at most every frame (16 ms): 10 ms of gathering is invisible there.
     let linger = Duration::from_millis(10);
     let mut chunk = Vec::with_capacity(1024);
-    while pipeline::recv_chunk(&mut rx, &mut chunk, 1024, linger).await > 0 {
+    while rx.recv_chunk(&mut chunk, 1024, linger).await > 0 {
         if !hub.wants_readings() {
             chunk.clear();
             continue;

@@ -1,7 +1,7 @@
 //! Fan-out of readings from every source to every consumer over bounded channels.
 //!
 //! Sources send owned [`Reading`]s into one channel; the fan-out task wraps each in an `Arc`
-//! and offers it to the consumers. The telemetry sink is *lossless*: the fan-out waits for it
+//! and offers what it took at once, as one batch, to the consumers ([`ReadingRx`]). The telemetry sink is *lossless*: the fan-out waits for it
 //! (it only buffers to memory or disk, so it is never slow for long). Every other consumer
 //! (history, rules) is *lossy*: when it lags, the reading is dropped for it alone and counted
 //! in `gridwatch_pipeline_dropped_total{consumer=...}`, so a slow web client can never stall
@@ -10,13 +10,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::metrics::{Counter, Registry};
 use crate::model::Reading;
 
 /// The handle sources use to emit readings.
 pub type ReadingSender = mpsc::Sender<Reading>;
+
+/// Most readings the fan-out takes from its input at once (one batch to every consumer).
+const FAN_OUT_MAX: usize = 256;
+
+/// Readings handed to every consumer as one message.
+type Batch = Arc<[Arc<Reading>]>;
 
 /// How a consumer is fed when it falls behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +34,10 @@ pub enum Delivery {
 }
 
 struct Consumer {
-    tx: mpsc::Sender<Arc<Reading>>,
+    tx: mpsc::UnboundedSender<Batch>,
+    /// Room in the consumer's queue, in readings: the queue is bounded by readings, not
+    /// batches, whatever size the batches have.
+    room: Arc<Semaphore>,
     delivery: Delivery,
     dropped: Counter,
 }
@@ -45,9 +54,9 @@ pub struct Pipeline {
 impl Pipeline {
     /// A pipeline whose channels each hold `capacity` readings.
     pub fn new(capacity: usize, metrics: Arc<Registry>) -> Self {
-        let (input_tx, input_rx) = mpsc::channel(capacity);
+        let (input_tx, input_rx) = mpsc::channel(capacity.max(1));
         Pipeline {
-            capacity,
+            capacity: capacity.clamp(1, Semaphore::MAX_PERMITS),
             consumers: Vec::new(),
             metrics,
             input_tx,
@@ -61,8 +70,9 @@ impl Pipeline {
     }
 
     /// Adds a consumer named `name` and returns its receiving end.
-    pub fn consumer(&mut self, name: &str, delivery: Delivery) -> mpsc::Receiver<Arc<Reading>> {
-        let (tx, rx) = mpsc::channel(self.capacity);
+    pub fn consumer(&mut self, name: &str, delivery: Delivery) -> ReadingRx {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(self.capacity));
         let dropped = self.metrics.counter(
             "gridwatch_pipeline_dropped_total",
             "Readings a lagging consumer had no room for.",
@@ -70,21 +80,26 @@ impl Pipeline {
         );
         self.consumers.push(Consumer {
             tx,
+            room: Arc::clone(&room),
             delivery,
             dropped,
         });
-        rx
+        ReadingRx {
+            rx,
+            room,
+            rest: None,
+        }
     }
 
     /// Runs the fan-out until every source sender is gone, then closes the consumers'
     /// channels so they drain and stop.
     pub async fn run(self) {
         let Pipeline {
+            capacity,
             consumers,
             metrics,
             input_tx,
             mut input_rx,
-            ..
         } = self;
         // Our own sender would keep the channel open forever.
         drop(input_tx);
@@ -93,62 +108,134 @@ impl Pipeline {
             "Readings that entered the pipeline.",
             &[],
         );
-        while let Some(reading) = input_rx.recv().await {
-            readings.inc();
-            fan_out(&consumers, reading).await;
+        // A lossless consumer must have room for a whole batch.
+        let max = FAN_OUT_MAX.min(capacity);
+        let mut taken = Vec::with_capacity(max);
+        while input_rx.recv_many(&mut taken, max).await > 0 {
+            readings.add(taken.len() as u64);
+            let batch: Batch = taken.drain(..).map(Arc::new).collect();
+            fan_out(&consumers, batch).await;
         }
     }
 }
 
-/// Offers one reading to every consumer: waits for the lossless one, drops for a full lossy one.
-async fn fan_out(consumers: &[Consumer], reading: Reading) {
-    let reading = Arc::new(reading);
-    for c in consumers {
-        match c.delivery {
-            Delivery::Lossless => {
-                // A closed consumer has stopped on purpose (shutdown); nothing to do.
-                let _ = c.tx.send(Arc::clone(&reading)).await;
-            }
-            Delivery::Lossy => {
-                if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(Arc::clone(&reading))
-                {
-                    c.dropped.inc();
-                }
-            }
-        }
-    }
-}
-
-/// Receives readings in chunks: waits for the first, lets more gather for `linger` unless a
-/// quarter of `max` was already queued, then takes what is queued, up to `max` in `buf` in
-/// all. Returns how many `buf` holds; 0 only when the channel is closed and empty.
+/// Offers a batch to every consumer: waits for room in the lossless one, drops the batch for
+/// a lossy one without room for all of it.
 ///
-/// Waking a task for every reading costs more than handling it (at 10,000 readings/s, each
-/// consumer would be woken 10,000 times a second, mostly across threads); a consumer that
-/// can wait a few milliseconds is woken once per chunk instead. A busy channel already
-/// pays for the wake-up: lingering there would only cap the consumer at `max` readings per
-/// `linger` (1024 per 20 ms is 51,200/s, half of a 100,000 msg/s MQTT load). Cancel-safe:
-/// readings already moved into `buf` stay there for the next call.
-pub async fn recv_chunk<T>(
-    rx: &mut mpsc::Receiver<T>,
-    buf: &mut Vec<T>,
-    max: usize,
-    linger: Duration,
-) -> usize {
-    let max = max.max(1);
-    if buf.is_empty() && rx.recv_many(buf, max).await == 0 {
-        return 0;
+/// Whatever is queued when the fan-out wakes goes out as one batch: one channel operation
+/// per consumer for the batch instead of one per reading (at 100,000 readings/s those were a
+/// tenth of the daemon's CPU), and no wait for more, so a lone reading goes out at once.
+async fn fan_out(consumers: &[Consumer], batch: Batch) {
+    let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+    for c in consumers {
+        let permits = match c.delivery {
+            // A closed semaphore is never: the consumer's end does not close it.
+            Delivery::Lossless => c.room.acquire_many(n).await.ok(),
+            Delivery::Lossy => match c.room.try_acquire_many(n) {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    c.dropped.add(u64::from(n));
+                    None
+                }
+            },
+        };
+        if let Some(p) = permits {
+            // The consumer gives the room back as it takes the readings out.
+            p.forget();
+            // A closed consumer has stopped on purpose (shutdown); nothing to do.
+            let _ = c.tx.send(Arc::clone(&batch));
+        }
     }
-    if buf.len() < max.div_ceil(4) && !linger.is_zero() {
-        tokio::time::sleep(linger).await;
+}
+
+/// A consumer's end of the pipeline.
+pub struct ReadingRx {
+    rx: mpsc::UnboundedReceiver<Batch>,
+    room: Arc<Semaphore>,
+    /// A batch partly taken out (a chunk asked for fewer) and where the rest starts.
+    rest: Option<(Batch, usize)>,
+}
+
+impl ReadingRx {
+    /// Receives readings in chunks: waits for the first, lets more gather for `linger`
+    /// unless a quarter of `max` was already queued, then takes what is queued, up to `max`
+    /// in `buf` in all. Returns how many `buf` holds; 0 only when the pipeline has closed and
+    /// everything was taken.
+    ///
+    /// Waking a task for every reading costs more than handling it (at 10,000 readings/s,
+    /// each consumer would be woken 10,000 times a second, mostly across threads); a consumer
+    /// that can wait a few milliseconds is woken once per chunk instead. A busy channel
+    /// already pays for the wake-up: lingering there would only cap the consumer at `max`
+    /// readings per `linger` (1024 per 20 ms is 51,200/s, half of a 100,000 msg/s MQTT load).
+    /// Cancel-safe: readings already moved into `buf` stay there for the next call.
+    pub async fn recv_chunk(
+        &mut self,
+        buf: &mut Vec<Arc<Reading>>,
+        max: usize,
+        linger: Duration,
+    ) -> usize {
+        let max = max.max(1);
+        self.take_queued(buf, max);
+        if buf.is_empty() {
+            match self.rx.recv().await {
+                Some(b) => self.rest = Some((b, 0)),
+                None => return 0,
+            }
+            self.take_queued(buf, max);
+        }
+        if buf.len() < max.div_ceil(4) && !linger.is_zero() {
+            tokio::time::sleep(linger).await;
+            self.take_queued(buf, max);
+        }
+        buf.len()
+    }
+
+    /// The next reading, waiting for it; `None` once the pipeline has closed and is empty.
+    pub async fn recv(&mut self) -> Option<Arc<Reading>> {
+        let mut one = Vec::with_capacity(1);
+        (self.recv_chunk(&mut one, 1, Duration::ZERO).await > 0)
+            .then(|| one.pop())
+            .flatten()
+    }
+
+    /// The next reading if one is queued.
+    pub fn try_recv(&mut self) -> Option<Arc<Reading>> {
+        let mut one = Vec::with_capacity(1);
+        self.take_queued(&mut one, 1);
+        one.pop()
+    }
+
+    /// A closed consumer end holding `readings` (tests that drive one consumer alone).
+    #[cfg(test)]
+    pub(crate) fn preloaded(readings: Vec<Arc<Reading>>) -> ReadingRx {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(readings.into());
+        ReadingRx {
+            rx,
+            room: Arc::new(Semaphore::new(0)),
+            rest: None,
+        }
+    }
+
+    /// Moves queued readings into `buf` until it holds `max`, without waiting.
+    fn take_queued(&mut self, buf: &mut Vec<Arc<Reading>>, max: usize) {
         while buf.len() < max {
-            match rx.try_recv() {
-                Ok(item) => buf.push(item),
-                Err(_) => break,
+            let (batch, at) = match self.rest.take() {
+                Some(r) => r,
+                None => match self.rx.try_recv() {
+                    Ok(b) => (b, 0),
+                    Err(_) => break,
+                },
+            };
+            let end = batch.len().min(at + (max - buf.len()));
+            let part = batch.get(at..end).unwrap_or_default();
+            buf.extend(part.iter().cloned());
+            self.room.add_permits(part.len());
+            if end < batch.len() {
+                self.rest = Some((batch, end));
             }
         }
     }
-    buf.len()
 }
 
 #[cfg(test)]

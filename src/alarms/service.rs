@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Alarm, AlarmError, AlarmEvent, AlarmManager, EventKind};
 use crate::detect::{Detection, Engine};
 use crate::metrics::{Counter, Registry};
-use crate::model::{Reading, Timestamp};
+use crate::model::Timestamp;
 use crate::sinks::lineproto::{self, FieldValue};
 
 /// Appends the `alarm` line for `ev` (raises, escalations, clears, acknowledgements,
@@ -218,7 +218,7 @@ const RULES_LINGER: Duration = Duration::from_millis(5);
 /// loss and alarm timers on the wall clock. Ends when the pipeline closes `rx` or on
 /// `cancel`.
 pub async fn run_rules(
-    mut rx: mpsc::Receiver<Arc<Reading>>,
+    mut rx: crate::pipeline::ReadingRx,
     mut engine: Engine,
     mut locate: Option<Localisation>,
     service: Arc<AlarmService>,
@@ -232,7 +232,7 @@ pub async fn run_rules(
     let mut detections = Vec::new();
     loop {
         tokio::select! {
-            n = crate::pipeline::recv_chunk(&mut rx, &mut chunk, RULES_CHUNK, RULES_LINGER) => {
+            n = rx.recv_chunk(&mut chunk, RULES_CHUNK, RULES_LINGER) => {
                 if n == 0 {
                     break;
                 }

@@ -778,7 +778,7 @@ pub fn write_kpi_line(
 /// Feeds readings to the service; saves every `write_interval` (and at the end) and
 /// writes today's `kpi` points to the store through `lines`.
 pub async fn run(
-    mut rx: mpsc::Receiver<Arc<Reading>>,
+    mut rx: crate::pipeline::ReadingRx,
     service: Arc<KpiService>,
     lines: Option<mpsc::UnboundedSender<String>>,
     cancel: CancellationToken,
@@ -802,7 +802,7 @@ pub async fn run(
     let mut chunk = Vec::with_capacity(1024);
     loop {
         tokio::select! {
-            n = crate::pipeline::recv_chunk(&mut rx, &mut chunk, 1024, linger) => {
+            n = rx.recv_chunk(&mut chunk, 1024, linger) => {
                 if n == 0 {
                     break;
                 }

@@ -23,7 +23,6 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Counter, Registry};
-use crate::model::Reading;
 use queue::{Batch, BatchQueue};
 
 /// Why a write failed, which decides whether it is retried.
@@ -245,7 +244,7 @@ const BATCHER_LINGER: Duration = Duration::from_millis(10);
 
 /// Encodes readings into batches until the pipeline closes `rx`, then flushes the last one.
 pub async fn run_batcher(
-    rx: mpsc::Receiver<Arc<Reading>>,
+    rx: crate::pipeline::ReadingRx,
     queue: Buffer,
     settings: BatchSettings,
     metrics: Arc<Registry>,
@@ -257,7 +256,7 @@ pub async fn run_batcher(
 /// on `lines`, batched with the readings: how alarm events reach the store as the `alarm`
 /// measurement. Lines still queued when `rx` closes are flushed with the last batch.
 pub async fn run_batcher_with_lines(
-    mut rx: mpsc::Receiver<Arc<Reading>>,
+    mut rx: crate::pipeline::ReadingRx,
     mut lines: Option<mpsc::UnboundedReceiver<String>>,
     queue: Buffer,
     settings: BatchSettings,
@@ -283,7 +282,7 @@ pub async fn run_batcher_with_lines(
             .saturating_sub(points)
             .clamp(1, BATCHER_CHUNK);
         tokio::select! {
-            n = crate::pipeline::recv_chunk(&mut rx, &mut chunk, room, BATCHER_LINGER) => {
+            n = rx.recv_chunk(&mut chunk, room, BATCHER_LINGER) => {
                 if n == 0 {
                     break;
                 }

@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::model::DeviceInfo;
+use crate::model::{DeviceInfo, Reading};
 
 fn device(id: &str) -> Arc<DeviceInfo> {
     Arc::new(DeviceInfo::for_test(id, "meter"))
@@ -12,7 +12,7 @@ fn device(id: &str) -> Arc<DeviceInfo> {
 async fn batches_of(n: usize, settings: BatchSettings) -> Vec<Arc<Batch>> {
     let registry = Registry::new();
     let queue = Arc::new(BatchQueue::new(10_000, registry.counter("d", "d", &[])));
-    let (tx, rx) = mpsc::channel(n.max(1));
+    let mut readings = Vec::with_capacity(n);
     for i in 0..n {
         let r = Reading::from_pairs(
             device(&format!("M-{i:05}")),
@@ -23,9 +23,9 @@ async fn batches_of(n: usize, settings: BatchSettings) -> Vec<Arc<Batch>> {
                 ("voltage_c", 231.4),
             ],
         );
-        tx.send(Arc::new(r)).await.expect("batcher is listening");
+        readings.push(Arc::new(r));
     }
-    drop(tx);
+    let rx = crate::pipeline::ReadingRx::preloaded(readings);
     run_batcher(rx, Buffer::Memory(Arc::clone(&queue)), settings, registry).await;
     drain(&queue)
 }
@@ -104,7 +104,7 @@ async fn pre_encoded_lines_alone_are_sealed_at_the_caps() {
     // not grow one batch past the caps while no reading comes to seal it.
     let registry = Registry::new();
     let queue = Arc::new(BatchQueue::new(10_000, registry.counter("d", "d", &[])));
-    let (tx, rx) = mpsc::channel::<Arc<Reading>>(1);
+    let rx = crate::pipeline::ReadingRx::preloaded(Vec::new());
     let (lines_tx, lines_rx) = mpsc::unbounded_channel();
     for i in 0..300 {
         let line = format!(
@@ -113,7 +113,6 @@ async fn pre_encoded_lines_alone_are_sealed_at_the_caps() {
         lines_tx.send(line).expect("batcher is listening");
     }
     drop(lines_tx);
-    drop(tx);
     let max_bytes = 4096;
     let settings = BatchSettings {
         batch_size: 120,
