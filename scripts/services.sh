@@ -213,8 +213,9 @@ gw_up_vm() {
     # -search.latencyOffset=0s: points are queryable right after /internal/force_flush
     #   (default: hidden for 30 s). -search.disableCache: no stale query_range results
     #   between writes in one test. -retentionPeriod=100y: tests may write old timestamps.
+    # GW_VM_NICE (bench only): run the store at that CPU niceness, every thread of it.
     gw_spawn "$dir/victoria-metrics.pid" "$dir/victoria-metrics.log" \
-        /usr/bin/victoria-metrics \
+        nice -n "${GW_VM_NICE:-0}" /usr/bin/victoria-metrics \
         -httpListenAddr="127.0.0.1:$GW_VM_PORT" \
         -storageDataPath="$dir/data" \
         -retentionPeriod=100y \
