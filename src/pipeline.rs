@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, TryAcquireError, mpsc};
 
 use crate::metrics::{Counter, Registry};
 use crate::model::Reading;
@@ -129,14 +129,15 @@ async fn fan_out(consumers: &[Consumer], batch: Batch) {
     let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
     for c in consumers {
         let permits = match c.delivery {
-            // A closed semaphore is never: the consumer's end does not close it.
+            // Closed: the consumer has stopped (its end was dropped); nothing to wait for.
             Delivery::Lossless => c.room.acquire_many(n).await.ok(),
             Delivery::Lossy => match c.room.try_acquire_many(n) {
                 Ok(p) => Some(p),
-                Err(_) => {
+                Err(TryAcquireError::NoPermits) => {
                     c.dropped.add(u64::from(n));
                     None
                 }
+                Err(TryAcquireError::Closed) => None,
             },
         };
         if let Some(p) = permits {
@@ -154,6 +155,14 @@ pub struct ReadingRx {
     room: Arc<Semaphore>,
     /// A batch partly taken out (a chunk asked for fewer) and where the rest starts.
     rest: Option<(Batch, usize)>,
+}
+
+impl Drop for ReadingRx {
+    fn drop(&mut self) {
+        // A consumer that stopped (shutdown, or a task that failed) frees no more room: the
+        // fan-out must not wait for it.
+        self.room.close();
+    }
 }
 
 impl ReadingRx {

@@ -75,3 +75,26 @@ impl DeviceRegistry {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registered_device_carries_its_index_as_slot() {
+        let a = Arc::new(DeviceInfo {
+            slot: Slot::new(0),
+            ..DeviceInfo::for_test("A", "meter")
+        });
+        let b = Arc::new(DeviceInfo::for_test("B", "meter"));
+        let reg = DeviceRegistry::new(&[Arc::clone(&a), Arc::clone(&b)]);
+        // A device already at its index is kept as is (the sources hold that very Arc).
+        assert!(Arc::ptr_eq(&reg.get("A").unwrap(), &a));
+        assert_eq!(reg.get("B").unwrap().slot, Slot::new(1));
+        let (c, new) = reg.insert(Arc::new(DeviceInfo::for_test("C", "meter")));
+        assert!(new);
+        assert_eq!(c.slot, Slot::new(2));
+        let (again, new) = reg.insert(Arc::new(DeviceInfo::for_test("C", "meter")));
+        assert!(!new && Arc::ptr_eq(&again, &c));
+    }
+}

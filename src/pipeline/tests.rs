@@ -152,3 +152,29 @@ async fn readings_queued_together_reach_every_consumer_as_one_batch_in_order() {
     assert_eq!(metrics.counter_total("gridwatch_readings_total"), 300);
     assert_eq!(metrics.counter_total("gridwatch_pipeline_dropped_total"), 0);
 }
+
+#[tokio::test]
+async fn a_consumer_that_stopped_never_holds_the_fan_out_back() {
+    let metrics = Registry::new();
+    let mut p = Pipeline::new(2, Arc::clone(&metrics));
+    let telemetry = p.consumer("telemetry", Delivery::Lossless);
+    let stream = p.consumer("stream", Delivery::Lossy);
+    let mut history = p.consumer("history", Delivery::Lossy);
+    drop(telemetry);
+    drop(stream);
+    let tx = p.sender();
+    let run = tokio::spawn(p.run());
+    // Far more than the stopped consumers' room: the fan-out must not wait for them, nor
+    // count readings as dropped for consumers that are gone.
+    let mut got = Vec::new();
+    for ts in 0..20 {
+        tx.send(reading(ts)).await.unwrap();
+        if let Some(r) = history.recv().await {
+            got.push(r.ts);
+        }
+    }
+    drop(tx);
+    run.await.unwrap();
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    assert_eq!(metrics.counter_total("gridwatch_pipeline_dropped_total"), 0);
+}
