@@ -1,8 +1,9 @@
 //! Fan-out of readings from every source to every consumer over bounded channels.
 //!
 //! Sources send owned [`Reading`]s into one channel; the fan-out task wraps each in an `Arc`
-//! and offers what it took at once, as one batch, to the consumers ([`ReadingRx`]). The telemetry sink is *lossless*: the fan-out waits for it
-//! (it only buffers to memory or disk, so it is never slow for long). Every other consumer
+//! and offers what it took at once, as one batch, to the consumers ([`ReadingRx`]). The
+//! telemetry sink is *lossless*: the fan-out waits for it (it only buffers to memory or disk,
+//! so it is never slow for long). Every other consumer
 //! (history, rules) is *lossy*: when it lags, the reading is dropped for it alone and counted
 //! in `gridwatch_pipeline_dropped_total{consumer=...}`, so a slow web client can never stall
 //! polling.
@@ -123,8 +124,8 @@ impl Pipeline {
 /// a lossy one without room for all of it.
 ///
 /// Whatever is queued when the fan-out wakes goes out as one batch: one channel operation
-/// per consumer for the batch instead of one per reading (at 100,000 readings/s those were a
-/// tenth of the daemon's CPU), and no wait for more, so a lone reading goes out at once.
+/// per consumer for the batch instead of one per reading, and no wait for more, so a lone
+/// reading goes out at once.
 async fn fan_out(consumers: &[Consumer], batch: Batch) {
     let n = u32::try_from(batch.len()).unwrap_or(u32::MAX);
     for c in consumers {
@@ -200,7 +201,8 @@ impl ReadingRx {
     }
 
     /// The next reading, waiting for it; `None` once the pipeline has closed and is empty.
-    pub async fn recv(&mut self) -> Option<Arc<Reading>> {
+    #[cfg(test)]
+    pub(crate) async fn recv(&mut self) -> Option<Arc<Reading>> {
         let mut one = Vec::with_capacity(1);
         (self.recv_chunk(&mut one, 1, Duration::ZERO).await > 0)
             .then(|| one.pop())
@@ -208,7 +210,8 @@ impl ReadingRx {
     }
 
     /// The next reading if one is queued.
-    pub fn try_recv(&mut self) -> Option<Arc<Reading>> {
+    #[cfg(test)]
+    pub(crate) fn try_recv(&mut self) -> Option<Arc<Reading>> {
         let mut one = Vec::with_capacity(1);
         self.take_queued(&mut one, 1);
         one.pop()

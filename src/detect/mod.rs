@@ -399,32 +399,32 @@ impl Engine {
             devices: Default::default(),
         };
         for d in devices {
-            e.add_device(Arc::clone(d), start);
+            e.device(d, start);
         }
         e
     }
 
-    fn add_device(&mut self, info: Arc<DeviceInfo>, start: Timestamp) -> &mut DeviceState {
-        let rules = self
-            .rules
-            .for_device(&info)
-            .into_iter()
-            .map(|rule| RuleState {
-                extra: match rule.rule_type {
-                    RuleType::Rate => Extra::Rate(RateWindow::default()),
-                    RuleType::Statistical => Extra::Ewma(Ewma::default()),
-                    RuleType::Stuck => Extra::Stuck(StuckCounter::default()),
-                    RuleType::Decreasing => Extra::Last(None),
-                    RuleType::Threshold | RuleType::Stale | RuleType::Located => Extra::None,
-                },
-                rule,
-                tracker: LevelTracker::default(),
-            })
-            .collect();
-        let dev = Arc::clone(&info);
-        self.devices.get_or_insert_with(&dev, || DeviceState {
-            info,
-            rules,
+    /// The state of `info`, made with its rules (communication-loss timers from `start`) if
+    /// the engine has none yet.
+    fn device(&mut self, info: &Arc<DeviceInfo>, start: Timestamp) -> &mut DeviceState {
+        let rules = &self.rules;
+        self.devices.get_or_insert_with(info, || DeviceState {
+            rules: rules
+                .for_device(info)
+                .into_iter()
+                .map(|rule| RuleState {
+                    extra: match rule.rule_type {
+                        RuleType::Rate => Extra::Rate(RateWindow::default()),
+                        RuleType::Statistical => Extra::Ewma(Ewma::default()),
+                        RuleType::Stuck => Extra::Stuck(StuckCounter::default()),
+                        RuleType::Decreasing => Extra::Last(None),
+                        RuleType::Threshold | RuleType::Stale | RuleType::Located => Extra::None,
+                    },
+                    rule,
+                    tracker: LevelTracker::default(),
+                })
+                .collect(),
+            info: Arc::clone(info),
             latest: None,
             last_seen: start,
         })
@@ -461,13 +461,7 @@ impl Engine {
             });
         let ctx = self.ctx;
         let correlate = self.correlate;
-        let dev = match self.devices.get(&r.device).is_some() {
-            true => self.devices.get_mut(&r.device),
-            false => Some(self.add_device(Arc::clone(&r.device), r.ts)),
-        };
-        let Some(dev) = dev else {
-            return Vec::new();
-        };
+        let dev = self.device(&r.device, r.ts);
         dev.last_seen = dev.last_seen.max(r.ts);
         dev.latest = Some(Arc::clone(r));
         let mut out = Vec::new();

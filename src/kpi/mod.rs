@@ -195,16 +195,18 @@ impl KpiEngine {
 
     /// Feeds one reading (in time order per device).
     pub fn on_reading(&mut self, r: &Reading) {
-        if self.devices.get(&r.device).is_none() {
-            if self.topology.get(&r.device.id).is_none() {
+        let cap = self.cap_ns(&r.device);
+        let topology = &mut self.topology;
+        let st = self.devices.get_or_insert_with(&r.device, || {
+            if topology.get(&r.device.id).is_none() {
                 let d = &r.device;
-                self.topology.insert(Node {
+                topology.insert(Node {
                     customers: d.customers,
                     location: d.location.clone(),
                     ..Node::new(&d.id, &d.kind, &d.site, &d.feeder, d.parent.as_deref())
                 });
             }
-            self.devices.get_or_insert_with(&r.device, || DevState {
+            DevState {
                 info: Arc::clone(&r.device),
                 last_ts: None,
                 voltage: None,
@@ -212,12 +214,8 @@ impl KpiEngine {
                 load: None,
                 down: None,
                 dirty_day: None,
-            });
-        }
-        let cap = self.cap_ns(&r.device);
-        let Some(st) = self.devices.get_mut(&r.device) else {
-            return;
-        };
+            }
+        });
         // 1. The time since the previous reading belongs to the previous state.
         if let Some(prev) = st.last_ts
             && r.ts > prev
