@@ -3,15 +3,19 @@
 //!
 //! Fed by the pipeline as a lossy consumer: if the API side ever lags, it misses a refresh,
 //! never a stored point. The window keeps only the configured key fields, as `f32`, at most one
-//! sample per `resolution`, so ten thousand devices cost tens of megabytes, not gigabytes.
+//! sample per `resolution`, and all windows together stay within `max_bytes`: with many
+//! devices a window keeps its length and its samples spread out, so memory does not grow
+//! with uptime (10,000 meters × 8 fields over an hour at 10 s would be ~144 MB).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::devmap::DeviceMap;
+use crate::metrics::{Gauge, Registry};
 use crate::model::{Reading, Timestamp};
 
 /// `[history]`: what the API keeps in memory for charts.
@@ -21,13 +25,21 @@ pub struct HistoryConfig {
     /// How far back the chart window reaches.
     #[serde(default = "default_window", with = "humantime_serde")]
     pub window: Duration,
-    /// Shortest spacing between two kept samples of one device.
+    /// At most one kept sample of a device per this much of the clock.
     #[serde(default = "default_resolution", with = "humantime_serde")]
     pub resolution: Duration,
     /// Fields kept in the window (`load_pct` is derived as the overload rule derives it, from
     /// the device's `rated_kva`).
     #[serde(default = "default_fields")]
     pub fields: Vec<String>,
+    /// Most bytes all chart windows hold together; beyond it the samples of every window are
+    /// spaced further apart than `resolution` (the window still reaches `window` back).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_max_bytes() -> u64 {
+    32 << 20
 }
 
 fn default_window() -> Duration {
@@ -62,6 +74,7 @@ impl Default for HistoryConfig {
             window: default_window(),
             resolution: default_resolution(),
             fields: default_fields(),
+            max_bytes: default_max_bytes(),
         }
     }
 }
@@ -87,6 +100,22 @@ fn push_capped<T>(q: &mut VecDeque<T>, v: T, max: usize) {
 }
 
 impl Window {
+    /// Bytes of the rows held: a timestamp and one `f32` per kept column.
+    fn bytes(&self) -> u64 {
+        self.ts.len() as u64 * self.row_bytes()
+    }
+
+    fn row_bytes(&self) -> u64 {
+        8 + 4 * self.cols.len() as u64
+    }
+
+    fn shrink_to(&mut self, rows: usize) {
+        self.ts.shrink_to(rows);
+        for (_, c) in &mut self.cols {
+            c.shrink_to(rows);
+        }
+    }
+
     fn pop_front(&mut self) {
         self.ts.pop_front();
         for (_, c) in &mut self.cols {
@@ -133,7 +162,26 @@ pub const MAX_FIELDS: usize = 32;
 pub struct History {
     cfg: HistoryConfig,
     latest: RwLock<DeviceMap<Arc<Reading>>>,
-    windows: RwLock<DeviceMap<Window>>,
+    windows: RwLock<Windows>,
+    /// `gridwatch_history_bytes`: what the windows hold.
+    bytes_gauge: Gauge,
+    /// Set once the budget first spaced samples out (logged once).
+    spread_logged: AtomicBool,
+}
+
+/// The windows of all devices and the bytes they hold together.
+#[derive(Debug, Default)]
+struct Windows {
+    map: DeviceMap<Window>,
+    bytes: u64,
+}
+
+/// Rows a device's window may hold: the configured `window / resolution` (+1), fewer when
+/// `devices` windows of `row_bytes` rows would pass `max_bytes` (never fewer than 2, so a
+/// chart always has a line).
+fn rows_allowed(full: u64, max_bytes: u64, devices: u64, row_bytes: u64) -> u64 {
+    let fair = max_bytes / devices.max(1) / row_bytes.max(1);
+    full.min(fair.max(2))
 }
 
 impl History {
@@ -150,6 +198,24 @@ impl History {
         })
     }
 
+    /// [`History::with_config`] that reports `gridwatch_history_bytes` in `metrics`.
+    pub fn with_metrics(cfg: HistoryConfig, metrics: &Registry) -> Arc<Self> {
+        Arc::new(History {
+            cfg,
+            bytes_gauge: metrics.gauge(
+                "gridwatch_history_bytes",
+                "Bytes the chart windows hold (capped by history.max_bytes).",
+                &[],
+            ),
+            ..History::default()
+        })
+    }
+
+    /// Bytes all chart windows hold (timestamps and values).
+    pub fn window_bytes(&self) -> u64 {
+        self.windows.read().unwrap_or_else(|e| e.into_inner()).bytes
+    }
+
     /// Stores `reading` if it is newer than what is known for its device.
     pub fn record(&self, reading: Arc<Reading>) {
         self.add_to_window(&reading);
@@ -163,33 +229,62 @@ impl History {
     fn add_to_window(&self, r: &Reading) {
         let resolution = i64::try_from(self.cfg.resolution.as_nanos()).unwrap_or(i64::MAX);
         let window = i64::try_from(self.cfg.window.as_nanos()).unwrap_or(i64::MAX);
-        let mut windows = self.windows.write().unwrap_or_else(|e| e.into_inner());
-        let w = windows.get_or_insert_with(&r.device, Window::default);
+        let full_rows = u64::try_from(window / resolution.max(1))
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let mut guard = self.windows.write().unwrap_or_else(|e| e.into_inner());
+        let Windows { map, bytes } = &mut *guard;
+        // A device's first row is sized as if it were not there yet: one off, once.
+        let devices = (map.len() as u64).max(1);
+        let w = map.get_or_insert_with(&r.device, Window::default);
+        let before = w.bytes();
+        let rows = rows_allowed(full_rows, self.cfg.max_bytes, devices, w.row_bytes());
+        // Fewer rows than the window has slots: the same time span, samples further apart.
+        let spacing = if rows < full_rows {
+            let rows = i64::try_from(rows).unwrap_or(i64::MAX);
+            (window / (rows - 1).max(1)).max(resolution)
+        } else {
+            resolution
+        };
         let oldest = r.ts.saturating_sub(window);
-        while w.ts.front().is_some_and(|ts| *ts < oldest) {
+        while w.ts.front().is_some_and(|ts| *ts < oldest) || w.ts.len() as u64 > rows {
             w.pop_front();
         }
-        if let Some(last) = w.ts.back()
-            && r.ts < last.saturating_add(resolution)
-        {
-            return;
+        let rows_usize = usize::try_from(rows).unwrap_or(usize::MAX);
+        if w.ts.capacity() > rows_usize.saturating_mul(2).saturating_add(4) {
+            // Devices joined and the window was cut: give the memory back, not just the rows.
+            w.shrink_to(rows_usize);
         }
-        let mut row = [f32::NAN; MAX_FIELDS];
-        for (slot, f) in row.iter_mut().zip(&self.cfg.fields) {
-            let v = if f == "load_pct" {
-                // The same load % the overload rule uses, so chart and alarm agree.
-                crate::detect::derived::load_pct(r)
-            } else {
-                r.get(f)
-            };
-            // Charts need ~4 significant digits; f32 halves the memory.
-            *slot = v.map_or(f32::NAN, |v| v as f32);
+        // One row per `spacing` slot of the clock (not per `spacing` after the last row: at
+        // a spacing just above the reading interval that would keep every other reading).
+        let keep = w.ts.back().is_none_or(|last| {
+            r.ts > *last && r.ts.div_euclid(spacing) != last.div_euclid(spacing)
+        });
+        if keep {
+            let mut row = [f32::NAN; MAX_FIELDS];
+            for (slot, f) in row.iter_mut().zip(&self.cfg.fields) {
+                let v = if f == "load_pct" {
+                    // The same load % the overload rule uses, so chart and alarm agree.
+                    crate::detect::derived::load_pct(r)
+                } else {
+                    r.get(f)
+                };
+                // Charts need ~4 significant digits; f32 halves the memory.
+                *slot = v.map_or(f32::NAN, |v| v as f32);
+            }
+            let n = self.cfg.fields.len().min(MAX_FIELDS);
+            w.push(r.ts, &row[..n], rows_usize);
         }
-        let n = self.cfg.fields.len().min(MAX_FIELDS);
-        let max_rows = usize::try_from(window / resolution.max(1))
-            .unwrap_or(usize::MAX)
-            .saturating_add(1);
-        w.push(r.ts, &row[..n], max_rows);
+        *bytes = (*bytes + w.bytes()).saturating_sub(before);
+        self.bytes_gauge.set(*bytes as f64);
+        if spacing > resolution && !self.spread_logged.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                devices,
+                max_bytes = self.cfg.max_bytes,
+                resolution_s = spacing as f64 / 1e9,
+                "history windows reach history.max_bytes: chart samples are spaced further apart"
+            );
+        }
     }
 
     /// The latest reading of `device`.
@@ -201,6 +296,7 @@ impl History {
     /// The chart window of `device` (empty columns when nothing was recorded).
     pub fn window(&self, device: &str) -> WindowView {
         let windows = self.windows.read().unwrap_or_else(|e| e.into_inner());
+        let windows = &windows.map;
         let fields = self.cfg.fields.clone();
         let mut view = WindowView {
             values: vec![Vec::new(); fields.len()],
@@ -284,6 +380,7 @@ mod tests {
             window: Duration::from_secs(60),
             resolution: Duration::from_secs(10),
             fields: vec!["voltage_a".into(), "oil_temp".into(), "load_pct".into()],
+            ..HistoryConfig::default()
         });
         let s = 1_000_000_000i64;
         for t in 0..200 {
@@ -307,6 +404,7 @@ mod tests {
             window: Duration::from_secs(3600),
             resolution: Duration::from_secs(10),
             fields: vec!["oil_temp".into(), "voltage_a".into(), "current_a".into()],
+            ..HistoryConfig::default()
         });
         let s = 1_000_000_000i64;
         for t in 0..3 {
@@ -314,7 +412,7 @@ mod tests {
         }
         {
             let windows = h.windows.read().unwrap();
-            let w = windows.get_by_id("TX-1").unwrap();
+            let w = windows.map.get_by_id("TX-1").unwrap();
             let kept: Vec<usize> = w.cols.iter().map(|(f, _)| *f).collect();
             assert_eq!(kept, vec![1, 2], "no column for oil_temp");
             assert!(w.ts.capacity() <= 361, "capacity {}", w.ts.capacity());
@@ -336,19 +434,119 @@ mod tests {
         assert_eq!(w.values[2][3], Some(101.0));
     }
 
+    fn meter(id: &str, ts: Timestamp) -> Arc<Reading> {
+        let r = reading(ts, 230.0, 10.0);
+        let device = Arc::new(DeviceInfo::for_test(id, "meter"));
+        Arc::new(Reading {
+            device,
+            ..Reading::clone(&r)
+        })
+    }
+
+    #[test]
+    fn windows_of_many_devices_stay_within_max_bytes_and_keep_their_span() {
+        let s = 1_000_000_000i64;
+        // Two fields per row: 8 + 2 × 4 = 16 bytes. 50 devices × 361 rows would be 289 KB.
+        let h = History::with_config(HistoryConfig {
+            window: Duration::from_secs(3600),
+            resolution: Duration::from_secs(10),
+            fields: vec!["voltage_a".into(), "current_a".into()],
+            max_bytes: 50 * 16 * 40,
+        });
+        let ids: Vec<String> = (0..50).map(|i| format!("M-{i}")).collect();
+        for t in 0..7200 {
+            for id in &ids {
+                h.record(meter(id, t * s));
+            }
+        }
+        assert!(h.window_bytes() <= 50 * 16 * 40, "{}", h.window_bytes());
+        for id in &ids {
+            let w = h.window(id);
+            assert!(
+                w.ts.len() <= 40 && w.ts.len() >= 39,
+                "{id}: {} rows",
+                w.ts.len()
+            );
+            // Still the whole hour back, at ~92 s instead of 10 s.
+            let span = w.ts.last().unwrap() - w.ts.first().unwrap();
+            assert!(span >= 3500 * s && span <= 3600 * s, "{id}: span {span}");
+            assert!(w.ts.windows(2).all(|p| p[1] - p[0] >= 92 * s));
+        }
+    }
+
+    #[test]
+    fn few_devices_keep_the_configured_resolution() {
+        let s = 1_000_000_000i64;
+        let h = History::with_config(HistoryConfig {
+            window: Duration::from_secs(600),
+            resolution: Duration::from_secs(10),
+            fields: vec!["voltage_a".into()],
+            max_bytes: 1 << 20,
+        });
+        for t in 0..1200 {
+            h.record(meter("A", t * s));
+            h.record(meter("B", t * s));
+        }
+        let w = h.window("A");
+        // t = 600, 610, ..., 1190: the last 600 s at 10 s.
+        assert_eq!(w.ts.len(), 60);
+        assert!(w.ts.windows(2).all(|p| p[1] - p[0] == 10 * s));
+        // 2 windows × 60 rows × (8 + 4) bytes.
+        assert_eq!(h.window_bytes(), 2 * 60 * 12);
+    }
+
+    #[test]
+    fn more_devices_later_shrink_the_windows_already_there() {
+        let s = 1_000_000_000i64;
+        let h = History::with_config(HistoryConfig {
+            window: Duration::from_secs(1000),
+            resolution: Duration::from_secs(1),
+            fields: vec!["voltage_a".into()],
+            // 1000 rows of 12 bytes: one full window.
+            max_bytes: 12_000,
+        });
+        for t in 0..2000 {
+            h.record(meter("first", t * s));
+        }
+        let rows = h.window("first").ts.len();
+        assert!((990..=1000).contains(&rows), "{rows}");
+        for t in 2000..2010 {
+            for i in 0..10 {
+                h.record(meter(&format!("late-{i}"), t * s));
+            }
+            h.record(meter("first", t * s));
+        }
+        // Eleven devices share the budget: 12,000 / 11 / 12 = 90 rows each.
+        assert!(h.window("first").ts.len() <= 91);
+        let windows = h.windows.read().unwrap();
+        let cap = windows.map.get_by_id("first").unwrap().ts.capacity();
+        assert!(cap <= 2 * 91 + 4, "capacity {cap}");
+        drop(windows);
+        assert!(h.window_bytes() <= 12_000, "{}", h.window_bytes());
+    }
+
+    #[test]
+    fn rows_allowed_splits_the_budget_but_keeps_two() {
+        assert_eq!(rows_allowed(361, 32 << 20, 100, 40), 361);
+        assert_eq!(rows_allowed(361, 32 << 20, 10_000, 40), 83);
+        assert_eq!(rows_allowed(361, 100, 10_000, 40), 2);
+        assert_eq!(rows_allowed(361, 32 << 20, 0, 0), 361);
+    }
+
     #[test]
     fn window_buffers_never_grow_past_the_window() {
         let h = History::with_config(HistoryConfig {
             window: Duration::from_secs(100),
             resolution: Duration::from_secs(1),
             fields: vec!["voltage_a".into()],
+            ..HistoryConfig::default()
         });
         let s = 1_000_000_000i64;
         for t in 0..1000 {
             h.record(reading(t * s, 230.0, 1.0));
         }
         let windows = h.windows.read().unwrap();
-        let w = windows.get_by_id("TX-1").unwrap();
+        let w = windows.map.get_by_id("TX-1").unwrap();
         assert_eq!(w.ts.len(), 101);
         assert!(w.ts.capacity() <= 101 + 4, "capacity {}", w.ts.capacity());
         assert!(w.cols[0].1.capacity() <= 101 + 4);

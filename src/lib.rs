@@ -199,7 +199,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         .map(|d| (d.id.clone(), Arc::clone(d)))
         .collect();
     let status = status::StatusBoard::new(&device_list, model::now_ns());
-    let history = history::History::with_config(cfg.history.clone());
+    let history = history::History::with_metrics(cfg.history.clone(), &metrics);
     let registry = registry::DeviceRegistry::new(&device_list);
     let source_health = Arc::new(sources::SourceHealth::default());
 

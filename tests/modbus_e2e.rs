@@ -446,3 +446,97 @@ fn exception_responses_are_counted_and_logged_per_device() {
     });
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn chart_windows_stay_within_history_max_bytes_through_the_api() {
+    let sim = Sim::start(1, 4);
+    let tag = unique("hist");
+    let data = tempfile::tempdir().unwrap();
+    // 4 s at 100 ms is 41 rows per device; 2,000 bytes for four devices allow ~10 rows of
+    // 8 + 4 × (fields) bytes each, so the budget, not the resolution, spaces the samples.
+    let max_bytes = 2000u64;
+    let config = fleet_config(&sim, &tag, "100ms", "", data.path().to_str().unwrap())
+        + &format!(
+            "\n[history]\nwindow = \"4s\"\nresolution = \"100ms\"\nmax_bytes = {max_bytes}\n"
+        );
+    let http = format!(
+        "http://{}",
+        config
+            .lines()
+            .find(|l| l.starts_with("http_listen"))
+            .unwrap()
+            .split('"')
+            .nth(1)
+            .unwrap()
+    );
+    let dir = Daemon::temp_dir();
+    let path = dir.path().join("gridwatch.toml");
+    std::fs::write(&path, &config).unwrap();
+    let mut daemon = Daemon::spawn_in(dir, &["run", "--config", path.to_str().unwrap()], &[]);
+    daemon.wait_for_log("gridwatch running", Duration::from_secs(20));
+    // Twice the window, so every window has filled and rolled.
+    std::thread::sleep(Duration::from_secs(8));
+    let text = http_client()
+        .get(format!("{http}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let held: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gridwatch_history_bytes "))
+        .expect("gridwatch_history_bytes in /metrics")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        held > 0.0 && held <= max_bytes as f64,
+        "history holds {held} bytes, budget {max_bytes}"
+    );
+    let ms = 1_000_000i64;
+    for u in sim.h().units() {
+        let id = format!("{tag}-{}", u.device_id);
+        let w: serde_json::Value = http_client()
+            .get(format!("{http}/api/v1/devices/{id}/history"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let ts: Vec<i64> = w["ts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_i64().unwrap())
+            .collect();
+        let fields = w["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c.as_array().unwrap().iter().any(|v| !v.is_null()))
+            .count() as i64;
+        assert!(fields > 0, "{id}: no chart field reported: {w}");
+        // Rows the budget allows this device: a quarter of it over its row size.
+        let allowed = max_bytes as i64 / 4 / (8 + 4 * fields);
+        assert!(
+            ts.len() >= 3 && ts.len() as i64 <= allowed + 1,
+            "{id}: {} rows, budget allows {allowed}: {ts:?}",
+            ts.len()
+        );
+        // Still the whole window back, at wider spacing than the configured 100 ms.
+        let span = ts.last().unwrap() - ts.first().unwrap();
+        assert!(span >= 2500 * ms, "{id}: span {span} ns: {ts:?}");
+        assert!(
+            ts.windows(2).all(|p| p[1] - p[0] >= 200 * ms),
+            "{id}: samples closer than the budget's spacing: {ts:?}"
+        );
+    }
+    let status = daemon.terminate();
+    assert!(status.success(), "{}", daemon.log());
+    assert!(
+        daemon
+            .log()
+            .contains("chart samples are spaced further apart"),
+        "{}",
+        daemon.log()
+    );
+}
