@@ -224,6 +224,8 @@ pub async fn run_rules(
     service: Arc<AlarmService>,
     cancel: CancellationToken,
 ) {
+    // The engine was built before the sources were started; no device could answer before.
+    engine.start_timers(crate::model::now_ns());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Readings that queued up while the last ones were handled are taken together, so an

@@ -520,6 +520,18 @@ impl Engine {
         out
     }
 
+    /// Starts the communication-loss timers of devices that never sent a reading at `now`:
+    /// the daemon calls it once its sources run, so a start-up slower than the `comm_loss`
+    /// threshold (10,000 devices, a loaded box) does not raise an alarm for every device
+    /// that simply was not polled yet.
+    pub fn start_timers(&mut self, now: Timestamp) {
+        for dev in self.devices.values_mut() {
+            if dev.latest.is_none() {
+                dev.last_seen = dev.last_seen.max(now);
+            }
+        }
+    }
+
     /// Checks communication loss at `now` (wall clock in the daemon, reading time in
     /// replay): a device with no reading for the `comm_loss` number of intervals.
     pub fn tick(&mut self, now: Timestamp) -> Vec<Detection> {

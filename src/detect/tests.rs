@@ -200,6 +200,32 @@ fn comm_loss_on_the_callers_clock_and_clear_on_the_next_reading() {
 }
 
 #[test]
+fn comm_loss_timers_of_unseen_devices_start_when_the_sources_run() {
+    let seen = device("MT-1", "meter", None);
+    let unseen = device("MT-2", "meter", None);
+    // Built at 0; the sources only started at 30 s (a slow start-up).
+    let mut e = engine(&[Arc::clone(&seen), Arc::clone(&unseen)], &[]);
+    assert!(
+        e.on_reading(&reading(&seen, 0, &[("voltage_a", 230.0)]))
+            .is_empty()
+    );
+    e.start_timers(30 * S);
+    let d = e.tick(34 * S);
+    // The device that did answer keeps its own clock; the other one gets its full threshold.
+    assert_eq!(
+        d.iter().map(|d| d.device.id.as_str()).collect::<Vec<_>>(),
+        ["MT-1"]
+    );
+    let d = e.tick(35 * S);
+    assert_eq!(
+        d.iter()
+            .map(|d| (d.device.id.as_str(), &*d.rule.id))
+            .collect::<Vec<_>>(),
+        [("MT-2", "comm_loss")]
+    );
+}
+
+#[test]
 fn rate_of_change_and_stuck_and_decreasing_counter() {
     let tx = device("TX-1", "transformer", None);
     let mut e = engine(std::slice::from_ref(&tx), &[]);
