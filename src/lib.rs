@@ -227,12 +227,11 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     }
     // Pre-encoded lines (alarm events, KPI points) batched with the telemetry.
     let (lines_tx, lines_rx) = tokio::sync::mpsc::unbounded_channel();
+    // One copy of the network for KPIs, fault localisation and the planner (10,000 devices
+    // make it a few MB); the KPI engine copies it only if a device registers at run time.
+    let network = Arc::new(topology::Topology::from_devices(&cfg.devices));
     let kpi_stage = if cfg.kpi.enabled {
-        let engine = kpi::KpiEngine::new(
-            &cfg.kpi,
-            &cfg.alarms,
-            topology::Topology::from_devices(&cfg.devices),
-        );
+        let engine = kpi::KpiEngine::new(&cfg.kpi, &cfg.alarms, Arc::clone(&network));
         let service =
             kpi::KpiService::new(engine, Arc::clone(&eventlog), &cfg.kpi, model::now_ns())?;
         Some((pipeline.consumer("kpi", Delivery::Lossy), service))
@@ -370,10 +369,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         Some(stage) => {
             let (outage_tx, outage_rx) = tokio::sync::mpsc::unbounded_channel();
             let locate = cfg.locate.enabled.then(|| {
-                let locator = detect::locate::Locator::new(
-                    &cfg.locate,
-                    topology::Topology::from_devices(&cfg.devices),
-                );
+                let locator = detect::locate::Locator::new(&cfg.locate, Arc::clone(&network));
                 outage_board = Some(locator.board());
                 planner = Some((locator.board(), outage_tx.clone()));
                 alarms::service::Localisation {
@@ -459,7 +455,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
     if let Some((board, notices)) = planner {
         background.spawn(detect::locate::run_planner(
             Arc::clone(&eventlog),
-            topology::Topology::from_devices(&cfg.devices),
+            Arc::clone(&network),
             cfg.locate.clone(),
             board,
             notices,

@@ -116,8 +116,9 @@ impl Topology {
     /// Builds the topology from the enabled devices of a config.
     pub fn from_devices(devices: &[DeviceConfig]) -> Self {
         let mut t = Topology::default();
+        let mut nodes = Vec::with_capacity(devices.len());
         for d in devices.iter().filter(|d| d.enabled) {
-            t.insert(Node {
+            nodes.push(Node {
                 id: d.id.clone(),
                 kind: d.kind.clone(),
                 site: d.site.clone(),
@@ -128,6 +129,27 @@ impl Topology {
                 phase: d.phase,
                 location: d.location.clone(),
             });
+        }
+        // Linked in one pass: `insert` looks for a new node's children among all nodes,
+        // which over 10,000 configured devices is 50 million comparisons at start-up.
+        for n in nodes {
+            let id = n.id.clone();
+            // A repeated id (the config check reports it): the last one wins, as in `insert`.
+            if t.nodes.insert(id.clone(), n).is_none() {
+                t.order.push(id);
+            }
+        }
+        let mut children: HashMap<String, Vec<String>> = HashMap::new();
+        for n in t.nodes.values() {
+            if let Some(p) = n.parent.as_ref().filter(|p| t.nodes.contains_key(*p)) {
+                children.entry(p.clone()).or_default().push(n.id.clone());
+            }
+        }
+        for (parent, mut kids) in children {
+            kids.sort();
+            if let Some(p) = t.nodes.get_mut(&parent) {
+                p.children = kids;
+            }
         }
         t
     }
@@ -372,6 +394,62 @@ mod tests {
         t.insert(node("T2", TRANSFORMER, "F1", None));
         t.insert(node("M4", METER, "F1", Some("T2")));
         t
+    }
+
+    #[test]
+    fn from_devices_links_as_inserting_one_by_one_does() {
+        // Children before parents, a parent that is not configured, a disabled device and a
+        // repeated id whose second entry moves it to another transformer.
+        let toml = r#"
+            [[devices]]
+            id = "M1"
+            kind = "meter"
+            parent = "T1"
+            [[devices]]
+            id = "M2"
+            kind = "meter"
+            parent = "T1"
+            customers = 3
+            [[devices]]
+            id = "T1"
+            kind = "transformer"
+            [[devices]]
+            id = "M3"
+            kind = "meter"
+            parent = "T9"
+            [[devices]]
+            id = "M4"
+            kind = "meter"
+            parent = "T2"
+            enabled = false
+            [[devices]]
+            id = "T2"
+            kind = "transformer"
+            [[devices]]
+            id = "M1"
+            kind = "meter"
+            parent = "T2"
+        "#;
+        #[derive(serde::Deserialize)]
+        struct Devices {
+            devices: Vec<DeviceConfig>,
+        }
+        let Devices { devices } = toml::from_str(toml).unwrap();
+        let built = Topology::from_devices(&devices);
+        let mut one_by_one = Topology::default();
+        for d in devices.iter().filter(|d| d.enabled) {
+            one_by_one.insert(Node {
+                customers: d.customers,
+                phase: d.phase,
+                location: d.location.clone(),
+                ..Node::new(&d.id, &d.kind, &d.site, &d.feeder, d.parent.as_deref())
+            });
+        }
+        assert_eq!(built.order, one_by_one.order);
+        assert_eq!(built.nodes, one_by_one.nodes);
+        assert_eq!(built.get("T1").unwrap().children, ["M2"]);
+        assert_eq!(built.get("T2").unwrap().children, ["M1"]);
+        assert_eq!(built.get("M2").unwrap().customers, 3);
     }
 
     #[test]

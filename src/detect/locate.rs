@@ -207,7 +207,7 @@ struct Located {
 /// The localisation stage.
 pub struct Locator {
     cfg: LocateConfig,
-    topology: Topology,
+    topology: Arc<Topology>,
     transformer_rule: Arc<Rule>,
     feeder_rule: Arc<Rule>,
     phase_rules: [Arc<Rule>; 3],
@@ -257,10 +257,10 @@ fn located_rule(id: &str, description: &str, action: &str) -> Arc<Rule> {
 
 impl Locator {
     /// A locator over `topology`; its board is shared with the API.
-    pub fn new(cfg: &LocateConfig, topology: Topology) -> Self {
+    pub fn new(cfg: &LocateConfig, topology: impl Into<Arc<Topology>>) -> Self {
         Locator {
             cfg: cfg.clone(),
-            topology,
+            topology: topology.into(),
             transformer_rule: located_rule(
                 "outage_transformer",
                 "Supply lost on a whole transformer (located from its meters)",
@@ -942,7 +942,7 @@ pub fn planned_notice(
 /// current, every `planned_check`.
 pub async fn run_planner(
     log: Arc<crate::eventlog::EventLog>,
-    topology: Topology,
+    topology: Arc<Topology>,
     cfg: LocateConfig,
     board: Arc<Mutex<OutageBoard>>,
     notices: tokio::sync::mpsc::UnboundedSender<OutageNotice>,

@@ -154,12 +154,13 @@ pub struct KpiEngine {
     days: BTreeMap<i64, DeviceMap<DayAcc>>,
     dirty: foldhash::HashSet<(i64, String)>,
     finished: Vec<Interruption>,
-    topology: Topology,
+    /// Shared with fault localisation; copied only when a device registers at run time.
+    topology: Arc<Topology>,
 }
 
 impl KpiEngine {
     /// An engine for the devices of `topology`, measuring against `alarms`' bands.
-    pub fn new(cfg: &KpiConfig, alarms: &AlarmsConfig, topology: Topology) -> Self {
+    pub fn new(cfg: &KpiConfig, alarms: &AlarmsConfig, topology: impl Into<Arc<Topology>>) -> Self {
         KpiEngine {
             cfg: cfg.clone(),
             band: alarms.standard.band_pct(),
@@ -170,7 +171,7 @@ impl KpiEngine {
             days: BTreeMap::new(),
             dirty: Default::default(),
             finished: Vec::new(),
-            topology,
+            topology: topology.into(),
         }
     }
 
@@ -200,7 +201,7 @@ impl KpiEngine {
         let st = self.devices.get_or_insert_with(&r.device, || {
             if topology.get(&r.device.id).is_none() {
                 let d = &r.device;
-                topology.insert(Node {
+                Arc::make_mut(topology).insert(Node {
                     customers: d.customers,
                     location: d.location.clone(),
                     ..Node::new(&d.id, &d.kind, &d.site, &d.feeder, d.parent.as_deref())
@@ -654,7 +655,7 @@ impl KpiService {
             let mut interruptions = e.finished.clone();
             interruptions.extend(e.open_interruptions(now));
             (
-                e.topology.clone(),
+                Arc::clone(&e.topology),
                 Live {
                     days,
                     interruptions,
@@ -677,7 +678,7 @@ impl KpiService {
     /// stamped `now`), and, on the first call of a new day, the previous day's final ones
     /// (`period=day`, stamped at that day's last nanosecond).
     pub fn lines(&self, now: Timestamp) -> String {
-        let topology = self.lock().topology.clone();
+        let topology = Arc::clone(&self.lock().topology);
         let today = day_of(now);
         let from = today * NS_PER_DAY;
         let mut out = String::new();
