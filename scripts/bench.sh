@@ -207,7 +207,12 @@ EOF
     echo "$(steal_s) $t1" >>"$dir/steal.txt"
     local rss
     rss=$(hwm_mb "$gw")
+    scrape "http://127.0.0.1:$port" | grep -E '^gridwatch_(history_bytes|spool_pending_points) ' >"$dir/m-end.txt" || true
+    # SIGTERM to exit: the daemon promises to drain and flush within 10 s.
+    local q0 q1
+    q0=$(now_s)
     stop_pid "$gw"
+    q1=$(now_s)
 
     if ((bare_duration > 0)); then
         log "modbus: bare-poller on the same harness, ${bare_duration}s"
@@ -220,9 +225,9 @@ EOF
     fi
     stop_pid "$sim"
 
-    python3 - "$dir" "$n" "$t0" "$t1" "$d0" "$d1" "$s0" "$s1" "$v0" "$v1" "$rss" "$INTERVAL" "$mode" "$values" "$registers" >"$dir/result.json" <<'PY'
+    python3 - "$dir" "$n" "$t0" "$t1" "$d0" "$d1" "$s0" "$s1" "$v0" "$v1" "$rss" "$INTERVAL" "$mode" "$values" "$registers" "$q0" "$q1" >"$dir/result.json" <<'PY'
 import json, re, sys
-d, n, t0, t1, d0, d1, s0, s1, v0, v1, rss, interval, mode, values, registers = sys.argv[1:]
+d, n, t0, t1, d0, d1, s0, s1, v0, v1, rss, interval, mode, values, registers, q0, q1 = sys.argv[1:]
 values, registers = int(values), int(registers)
 n = int(n); secs = float(t1) - float(t0)
 iv = float(interval[:-2]) / 1000 if interval.endswith("ms") else float(interval[:-1])
@@ -313,6 +318,8 @@ print(json.dumps({
     "latency_p99_ms": r(quantile(0.99), 3),
     "daemon_cpu_pct_of_core": r(100 * gw_cpu / secs, 1),
     "daemon_peak_rss_mb": float(rss),
+    "history_bytes": int(parse(f"{d}/m-end.txt").get("gridwatch_history_bytes", 0)),
+    "shutdown_s": r(float(q1) - float(q0), 2),
     "points_per_s": r(written / secs, 1),
     "values_per_s": r(written * values / secs, 0),
     "vm_rows_inserted_per_s": r(vm_rows / secs, 0),
