@@ -135,6 +135,21 @@ impl Buffer {
         }
     }
 
+    /// Gives the body of a delivered batch back for reuse (spool only).
+    pub fn recycle(&self, out: Outgoing) {
+        if let Buffer::Spool(s) = self {
+            s.recycle(out.batch);
+        }
+    }
+
+    /// An empty buffer for the next batch: a delivered batch's body when the spool kept one.
+    fn take_buffer(&self, len: usize) -> String {
+        match self {
+            Buffer::Spool(s) => s.take_buffer(len),
+            Buffer::Memory(_) => String::with_capacity(len),
+        }
+    }
+
     /// Waits for a push or close.
     pub async fn wait(&self) {
         match self {
@@ -363,7 +378,7 @@ async fn seal(body: &mut String, points: &mut usize, queue: &Buffer, encoded: &C
     // down, and doubling slack would count against the daemon's memory. Shrinking copies the
     // batch, so a batch that is nearly full keeps its few spare bytes.
     let next = body.len() + body.len() / 8;
-    let mut text = std::mem::replace(body, String::with_capacity(next));
+    let mut text = std::mem::replace(body, queue.take_buffer(next));
     if text.capacity() - text.len() > text.len() / 4 {
         text.shrink_to_fit();
     }
@@ -446,7 +461,9 @@ pub async fn run_writer(
         match result {
             Ok(()) => {
                 written.add(batch.points as u64);
+                drop(batch);
                 queue.ack(&out).await;
+                queue.recycle(out);
                 health.success();
                 backoff.reset();
             }

@@ -64,6 +64,8 @@ const INDEX_FILE: &str = "ack";
 const JOURNAL_FILE: &str = "open.journal";
 /// Bytes of recently appended batches the spool keeps in memory for the writer.
 const RECENT_BYTES: usize = 4 << 20;
+/// Bodies of delivered batches kept for the next batch read back or sealed.
+const POOL_BUFFERS: usize = 2;
 
 /// What can go wrong with the spool.
 #[derive(Debug, thiserror::Error)]
@@ -206,9 +208,7 @@ pub fn decode_record(data: &[u8]) -> Result<(RecordMeta, &[u8]), Damage> {
     let Some(header) = data.get(..RECORD_HEADER) else {
         return Err(Damage::TornHeader);
     };
-    let word =
-        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    let (len, crc, points) = (word(0), word(4), word(8));
+    let (len, crc, points) = header_words(header);
     if len > MAX_RECORD {
         return Err(Damage::Oversized);
     }
@@ -226,6 +226,17 @@ pub fn decode_record(data: &[u8]) -> Result<(RecordMeta, &[u8]), Damage> {
         },
         payload,
     ))
+}
+
+/// A record header's length, CRC and point count.
+fn header_words(header: &[u8]) -> (u32, u32, u32) {
+    let word = |i: usize| {
+        header
+            .get(i..i + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map_or(0, u32::from_le_bytes)
+    };
+    (word(0), word(4), word(8))
 }
 
 fn record_crc(len: u32, points: u32, payload: &[u8]) -> u32 {
@@ -326,6 +337,11 @@ pub struct Spool {
     /// writer sends them next, and they need not be read back from the disk they were just
     /// written to. Oldest first.
     recent: Mutex<VecDeque<(RecordId, Arc<Batch>)>>,
+    /// Bodies of batches the store accepted ([`Spool::recycle`]), reused for the next read
+    /// back ([`Spool::front`]) or sealed batch ([`Spool::take_buffer`]). While the store
+    /// lags, every batch is read back from disk: a fresh megabyte buffer each time, on
+    /// whichever blocking thread does the read, left the allocator holding tens of MB.
+    pool: Mutex<Vec<String>>,
     /// Wakes the writer when a batch arrived or the spool closed.
     arrived: Notify,
     /// Wakes a blocked pusher when space was freed.
@@ -501,6 +517,7 @@ impl Spool {
                 failing: false,
             }),
             recent: Mutex::new(VecDeque::new()),
+            pool: Mutex::new(Vec::new()),
             arrived: Notify::new(),
             space: Notify::new(),
             closed: AtomicBool::new(false),
@@ -549,6 +566,25 @@ impl Spool {
         j.file = Some(file);
         j.used = false;
         Ok(())
+    }
+
+    /// An empty buffer for a batch of about `len` bytes: a delivered batch's, if one is kept.
+    pub fn take_buffer(&self, len: usize) -> String {
+        let kept = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut buf = kept.unwrap_or_default();
+        buf.clear();
+        buf.reserve(len);
+        buf
+    }
+
+    /// Keeps the body of a delivered batch for reuse, if nothing else holds the batch.
+    pub fn recycle(&self, batch: Arc<Batch>) {
+        if let Ok(batch) = Arc::try_unwrap(batch) {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOL_BUFFERS {
+                pool.push(batch.body);
+            }
+        }
     }
 
     fn lock_recent(&self) -> MutexGuard<'_, VecDeque<(RecordId, Arc<Batch>)>> {
@@ -839,17 +875,28 @@ impl Spool {
         let mut file = File::open(&path).map_err(|e| e.to_string())?;
         file.seek(SeekFrom::Start(meta.offset))
             .map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; RECORD_HEADER + meta.len as usize];
-        file.read_exact(&mut buf).map_err(|e| e.to_string())?;
-        let (got, payload) = decode_record(&buf).map_err(|d| format!("{d:?}"))?;
-        let len = payload.len();
-        // The payload is the buffer minus its header: no second copy of the batch.
-        buf.drain(..RECORD_HEADER);
-        buf.truncate(len);
+        let mut header = [0u8; RECORD_HEADER];
+        file.read_exact(&mut header).map_err(|e| e.to_string())?;
+        let (len, crc, points) = header_words(&header);
+        if len != meta.len || len > MAX_RECORD {
+            return Err(format!("{:?}", Damage::Oversized));
+        }
+        // Straight into a reused buffer: no zeroing, no header to cut off afterwards.
+        let mut buf = self.take_buffer(len as usize).into_bytes();
+        (&mut file)
+            .take(u64::from(len))
+            .read_to_end(&mut buf)
+            .map_err(|e| e.to_string())?;
+        if buf.len() != len as usize {
+            return Err(format!("{:?}", Damage::TornPayload));
+        }
+        if record_crc(len, points, &buf) != crc {
+            return Err(format!("{:?}", Damage::Checksum));
+        }
         let body = String::from_utf8(buf).map_err(|e| e.to_string())?;
         Ok(Batch {
             body,
-            points: got.points as usize,
+            points: points as usize,
         })
     }
 

@@ -303,3 +303,68 @@ async fn a_torn_journal_tail_is_cut_and_the_rest_kept() {
             .contains("gridwatch_spool_torn_records_total 1")
     );
 }
+
+#[tokio::test]
+async fn batches_read_back_from_disk_reuse_delivered_buffers_and_damage_is_still_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::new();
+    let (spool, _) = Spool::open(
+        SpoolSettings {
+            segment_bytes: 64 << 20,
+            ..settings(dir.path())
+        },
+        &reg,
+    )
+    .unwrap();
+    // 1 MiB batches: more than RECENT_BYTES of them, so the oldest come from the disk.
+    let big = |i: usize| {
+        let line = format!("m,device=d{i} v={i} {i}\n");
+        Arc::new(Batch {
+            body: line.repeat((1 << 20) / line.len()),
+            points: (1 << 20) / line.len(),
+        })
+    };
+    for i in 0..8 {
+        spool.push(big(i)).await.unwrap();
+    }
+    // Damage the payload of the third record after the spool has indexed it.
+    let seg = segments(dir.path()).pop().unwrap();
+    let third = spool.lock().segments[0].records[2];
+    let mut bytes = fs::read(&seg).unwrap();
+    let at = (third.offset as usize) + RECORD_HEADER + 100;
+    bytes[at] ^= 0x20;
+    fs::write(&seg, &bytes).unwrap();
+
+    let mut got = Vec::new();
+    let mut reused = 0;
+    while let Some((b, id)) = spool.front().await {
+        got.push(b.body.clone());
+        spool.ack(id).await;
+        spool.recycle(b);
+        // The delivered body comes back as the next buffer, capacity and all.
+        let buf = spool.take_buffer(16);
+        if buf.capacity() >= 1 << 19 {
+            reused += 1;
+        }
+        spool.recycle(Arc::new(Batch {
+            body: buf,
+            points: 0,
+        }));
+    }
+    let want: Vec<String> = (0..8)
+        .filter(|i| *i != 2)
+        .map(|i| big(i).body.clone())
+        .collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "bodies read back differ from what was pushed");
+    assert!(
+        reused >= 6,
+        "{reused} of {} reads reused a buffer",
+        got.len()
+    );
+    assert_eq!(
+        spool.metrics.io_errors.get(),
+        1,
+        "the damaged record was skipped"
+    );
+}
