@@ -239,6 +239,26 @@ flush_interval = "200ms""#,
     }
 }
 
+/// `http://` + the `http_listen` address of a `fleet_config`.
+fn http_base(config: &str) -> String {
+    let listen = config
+        .lines()
+        .find(|l| l.starts_with("http_listen"))
+        .and_then(|l| l.split('"').nth(1))
+        .expect("http_listen in the config");
+    format!("http://{listen}")
+}
+
+/// Starts the daemon on `config` and waits until it runs.
+fn start_daemon(config: &str) -> Daemon {
+    let dir = Daemon::temp_dir();
+    let path = dir.path().join("gridwatch.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut daemon = Daemon::spawn_in(dir, &["run", "--config", path.to_str().unwrap()], &[]);
+    daemon.wait_for_log("gridwatch running", Duration::from_secs(20));
+    daemon
+}
+
 fn device_status(http: &str, device: &str) -> String {
     let list: serde_json::Value = http_client()
         .get(format!("{http}/api/v1/devices"))
@@ -283,21 +303,8 @@ fn dead_unit_goes_offline_and_back_while_the_others_keep_their_rate() {
     let tag = unique("dead");
     let data = tempfile::tempdir().unwrap();
     let config = fleet_config(&sim, &tag, "1s", "", data.path().to_str().unwrap());
-    let http = format!(
-        "http://{}",
-        config
-            .lines()
-            .find(|l| l.starts_with("http_listen"))
-            .unwrap()
-            .split('"')
-            .nth(1)
-            .unwrap()
-    );
-    let dir = Daemon::temp_dir();
-    let path = dir.path().join("gridwatch.toml");
-    std::fs::write(&path, &config).unwrap();
-    let mut daemon = Daemon::spawn_in(dir, &["run", "--config", path.to_str().unwrap()], &[]);
-    daemon.wait_for_log("gridwatch running", Duration::from_secs(20));
+    let http = http_base(&config);
+    let mut daemon = start_daemon(&config);
     let units = sim.h().units();
     let dead = &units[1];
     let dead_id = format!("{tag}-{}", dead.device_id);
@@ -459,21 +466,8 @@ fn chart_windows_stay_within_history_max_bytes_through_the_api() {
         + &format!(
             "\n[history]\nwindow = \"4s\"\nresolution = \"100ms\"\nmax_bytes = {max_bytes}\n"
         );
-    let http = format!(
-        "http://{}",
-        config
-            .lines()
-            .find(|l| l.starts_with("http_listen"))
-            .unwrap()
-            .split('"')
-            .nth(1)
-            .unwrap()
-    );
-    let dir = Daemon::temp_dir();
-    let path = dir.path().join("gridwatch.toml");
-    std::fs::write(&path, &config).unwrap();
-    let mut daemon = Daemon::spawn_in(dir, &["run", "--config", path.to_str().unwrap()], &[]);
-    daemon.wait_for_log("gridwatch running", Duration::from_secs(20));
+    let http = http_base(&config);
+    let mut daemon = start_daemon(&config);
     // Twice the window, so every window has filled and rolled.
     std::thread::sleep(Duration::from_secs(8));
     let text = http_client()
