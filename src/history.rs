@@ -247,19 +247,24 @@ impl History {
             resolution
         };
         let oldest = r.ts.saturating_sub(window);
-        while w.ts.front().is_some_and(|ts| *ts < oldest) || w.ts.len() as u64 > rows {
+        while w.ts.front().is_some_and(|ts| *ts < oldest) {
             w.pop_front();
-        }
-        let rows_usize = usize::try_from(rows).unwrap_or(usize::MAX);
-        if w.ts.capacity() > rows_usize.saturating_mul(2).saturating_add(4) {
-            // Devices joined and the window was cut: give the memory back, not just the rows.
-            w.shrink_to(rows_usize);
         }
         // One row per `spacing` slot of the clock (not per `spacing` after the last row: at
         // a spacing just above the reading interval that would keep every other reading).
         let keep = w.ts.back().is_none_or(|last| {
             r.ts > *last && r.ts.div_euclid(spacing) != last.div_euclid(spacing)
         });
+        // Room for the new row within `rows` (devices that joined may have cut the window).
+        let limit = if keep { rows - 1 } else { rows };
+        while w.ts.len() as u64 > limit {
+            w.pop_front();
+        }
+        let rows_usize = usize::try_from(rows).unwrap_or(usize::MAX);
+        if w.ts.capacity() > rows_usize.saturating_mul(2).saturating_add(4) {
+            // Give the memory back, not just the rows.
+            w.shrink_to(rows_usize);
+        }
         if keep {
             let mut row = [f32::NAN; MAX_FIELDS];
             for (slot, f) in row.iter_mut().zip(&self.cfg.fields) {
@@ -517,7 +522,7 @@ mod tests {
             h.record(meter("first", t * s));
         }
         // Eleven devices share the budget: 12,000 / 11 / 12 = 90 rows each.
-        assert!(h.window("first").ts.len() <= 91);
+        assert!(h.window("first").ts.len() <= 90);
         let windows = h.windows.read().unwrap();
         let cap = windows.map.get_by_id("first").unwrap().ts.capacity();
         assert!(cap <= 2 * 91 + 4, "capacity {cap}");
