@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::config::profile::{DataType, ProfileConfig, RegisterConfig};
 use crate::model::{FieldDef, FieldId, Schema};
-use crate::sources::modbus::decode::scale;
+use crate::sources::modbus::decode::Scaling;
 use crate::sources::modbus::planner::{Plan, PlanError, PlanLimits, plan};
 
 /// Valid SunSpec scale factors: "sunssf" values are in -10..=10 (SunSpec Information Model
@@ -133,6 +133,8 @@ pub struct CompiledProfile {
     pub field_of: Vec<Option<FieldId>>,
     /// Index of each register's scale-factor register, if it has one.
     pub sf_of: Vec<Option<usize>>,
+    /// Each register's scale and offset, prepared for [`CompiledProfile::finish`].
+    scaling: Vec<Scaling>,
     /// The reads that cover every register.
     pub plan: Plan,
 }
@@ -223,6 +225,7 @@ impl CompiledProfile {
             schema: Arc::new(Schema::new(fields)),
             field_of,
             sf_of,
+            scaling: registers.iter().map(Scaling::of).collect(),
             plan,
         })
     }
@@ -239,8 +242,8 @@ impl CompiledProfile {
     /// "not implemented" 0x8000 included), or when the result is not finite (NaN patterns
     /// meters send for "no value").
     pub fn finish(&self, raw: &[Option<f64>], out: &mut Vec<(FieldId, f64)>) {
-        let per_register = self.registers.iter().zip(&self.field_of).zip(&self.sf_of);
-        for (i, ((reg, field), sf_index)) in per_register.enumerate() {
+        let per_register = self.scaling.iter().zip(&self.field_of).zip(&self.sf_of);
+        for (i, ((scaling, field), sf_index)) in per_register.enumerate() {
             let Some(field) = *field else { continue };
             let Some(value) = raw.get(i).copied().flatten() else {
                 continue;
@@ -252,7 +255,7 @@ impl CompiledProfile {
                     _ => continue,
                 },
             };
-            let value = scale(value, reg, sf);
+            let value = scaling.apply(value, sf);
             if value.is_finite() {
                 out.push((field, value));
             }

@@ -162,33 +162,60 @@ fn reciprocal_integer(scale: f64) -> Option<f64> {
     ((2.0..=9_007_199_254_740_992.0).contains(&n) && 1.0 / n == scale).then_some(n)
 }
 
+/// A register's scale and offset, prepared once per profile: finding the exact divisor of a
+/// decimal scale costs two divisions, per value and poll when done in [`scale`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scaling {
+    mul: f64,
+    div: f64,
+    offset: f64,
+}
+
+impl Scaling {
+    /// The scaling of `reg`.
+    pub fn of(reg: &RegisterConfig) -> Scaling {
+        let (mul, div) = match reciprocal_integer(reg.scale) {
+            Some(n) => (1.0, n),
+            None => (reg.scale, 1.0),
+        };
+        Scaling {
+            mul,
+            div,
+            offset: reg.offset,
+        }
+    }
+
+    /// The engineering value of `raw` with SunSpec scale factor `sf`; see [`scale`].
+    #[inline]
+    pub fn apply(&self, raw: f64, sf: Option<f64>) -> f64 {
+        let (mut mul, mut div) = (self.mul, self.div);
+        if let Some(sf) = sf {
+            // Powers of ten up to 10^22 are exact doubles.
+            let p = 10f64.powi(sf.abs() as i32);
+            if sf < 0.0 {
+                div *= p;
+            } else {
+                mul *= p;
+            }
+        }
+        let mut v = raw;
+        if mul != 1.0 {
+            v *= mul;
+        }
+        if div != 1.0 {
+            v /= div;
+        }
+        v + self.offset
+    }
+}
+
 /// The engineering value: `raw × scale × 10^sf + offset`.
 ///
 /// `sf` is a SunSpec scale factor (an integer, normally -10..=10). Decimal scales are
 /// applied as exact divisions where possible, so raw 2305 with sf -1 (or scale 0.1) gives
 /// exactly 230.5, the value a person reading the register would write down.
 pub fn scale(raw: f64, reg: &RegisterConfig, sf: Option<f64>) -> f64 {
-    let (mut mul, mut div) = match reciprocal_integer(reg.scale) {
-        Some(n) => (1.0, n),
-        None => (reg.scale, 1.0),
-    };
-    if let Some(sf) = sf {
-        // Powers of ten up to 10^22 are exact doubles.
-        let p = 10f64.powi(sf.abs() as i32);
-        if sf < 0.0 {
-            div *= p;
-        } else {
-            mul *= p;
-        }
-    }
-    let mut v = raw;
-    if mul != 1.0 {
-        v *= mul;
-    }
-    if div != 1.0 {
-        v /= div;
-    }
-    v + reg.offset
+    Scaling::of(reg).apply(raw, sf)
 }
 
 #[cfg(test)]
