@@ -207,7 +207,6 @@ EOF
     echo "$(steal_s) $t1" >>"$dir/steal.txt"
     local rss
     rss=$(hwm_mb "$gw")
-    scrape "http://127.0.0.1:$port" | grep -E '^gridwatch_(history_bytes|spool_pending_points) ' >"$dir/m-end.txt" || true
     # SIGTERM to exit: the daemon promises to drain and flush within 10 s.
     local q0 q1
     q0=$(now_s)
@@ -318,7 +317,7 @@ print(json.dumps({
     "latency_p99_ms": r(quantile(0.99), 3),
     "daemon_cpu_pct_of_core": r(100 * gw_cpu / secs, 1),
     "daemon_peak_rss_mb": float(rss),
-    "history_bytes": int(parse(f"{d}/m-end.txt").get("gridwatch_history_bytes", 0)),
+    "history_bytes": int(total(m1, "gridwatch_history_bytes")),
     "shutdown_s": r(float(q1) - float(q0), 2),
     "points_per_s": r(written / secs, 1),
     "values_per_s": r(written * values / secs, 0),

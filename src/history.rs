@@ -245,7 +245,9 @@ impl History {
             (window / (rows - 1).max(1)).max(resolution)
         } else {
             resolution
-        };
+        }
+        // `resolution = "0s"` keeps every reading; the clock slots below divide by it.
+        .max(1);
         let oldest = r.ts.saturating_sub(window);
         while w.ts.front().is_some_and(|ts| *ts < oldest) {
             w.pop_front();
@@ -528,6 +530,21 @@ mod tests {
         assert!(cap <= 2 * 91 + 4, "capacity {cap}");
         drop(windows);
         assert!(h.window_bytes() <= 12_000, "{}", h.window_bytes());
+    }
+
+    #[test]
+    fn zero_resolution_keeps_every_reading() {
+        let h = History::with_config(HistoryConfig {
+            window: Duration::from_secs(10),
+            resolution: Duration::ZERO,
+            fields: vec!["voltage_a".into()],
+            ..HistoryConfig::default()
+        });
+        let s = 1_000_000_000i64;
+        for t in 0..5 {
+            h.record(meter("Z", t * s));
+        }
+        assert_eq!(h.window("Z").ts, (0..5).map(|t| t * s).collect::<Vec<_>>());
     }
 
     #[test]

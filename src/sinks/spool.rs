@@ -878,8 +878,11 @@ impl Spool {
         let mut header = [0u8; RECORD_HEADER];
         file.read_exact(&mut header).map_err(|e| e.to_string())?;
         let (len, crc, points) = header_words(&header);
-        if len != meta.len || len > MAX_RECORD {
-            return Err(format!("{:?}", Damage::Oversized));
+        if len != meta.len {
+            return Err(format!(
+                "record header says {len} bytes where the index has {}",
+                meta.len
+            ));
         }
         // Straight into a reused buffer: no zeroing, no header to cut off afterwards.
         let mut buf = self.take_buffer(len as usize).into_bytes();
