@@ -116,9 +116,10 @@ impl Topology {
     /// Builds the topology from the enabled devices of a config.
     pub fn from_devices(devices: &[DeviceConfig]) -> Self {
         let mut t = Topology::default();
-        let mut nodes = Vec::with_capacity(devices.len());
+        // Linked in one pass below: `insert` looks for a new node's children among all
+        // nodes, which over 10,000 configured devices is 50 million comparisons at start-up.
         for d in devices.iter().filter(|d| d.enabled) {
-            nodes.push(Node {
+            let node = Node {
                 id: d.id.clone(),
                 kind: d.kind.clone(),
                 site: d.site.clone(),
@@ -128,15 +129,10 @@ impl Topology {
                 customers: d.customers,
                 phase: d.phase,
                 location: d.location.clone(),
-            });
-        }
-        // Linked in one pass: `insert` looks for a new node's children among all nodes,
-        // which over 10,000 configured devices is 50 million comparisons at start-up.
-        for n in nodes {
-            let id = n.id.clone();
+            };
             // A repeated id (the config check reports it): the last one wins, as in `insert`.
-            if t.nodes.insert(id.clone(), n).is_none() {
-                t.order.push(id);
+            if t.nodes.insert(d.id.clone(), node).is_none() {
+                t.order.push(d.id.clone());
             }
         }
         let mut children: HashMap<String, Vec<String>> = HashMap::new();
