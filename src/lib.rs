@@ -193,6 +193,13 @@ fn build_alarms(
 pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let cfg = &loaded.config;
     let metrics = metrics::Registry::new();
+    metrics
+        .gauge(
+            "gridwatch_runtime_worker_threads",
+            "Threads running the async work (daemon.worker_threads; 0 there = one per core).",
+            &[],
+        )
+        .set(tokio::runtime::Handle::current().metrics().num_workers() as f64);
     let device_list = build_devices(&loaded);
     let devices: HashMap<String, Arc<DeviceInfo>> = device_list
         .iter()

@@ -319,7 +319,14 @@ fn init_tracing() {
 }
 
 fn run_daemon(loaded: LoadedConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if loaded.config.daemon.worker_threads > 0 {
+        builder.worker_threads(loaded.config.daemon.worker_threads);
+    }
+    let runtime = builder
+        .build()
+        .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));

@@ -454,6 +454,46 @@ fn exception_responses_are_counted_and_logged_per_device() {
     assert!(daemon.terminate().success());
 }
 
+/// The unlabelled sample `name` from `/metrics`.
+fn plain_metric(base: &str, name: &str) -> Option<f64> {
+    let text = http_client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn one_worker_thread_polls_every_device() {
+    let sim = Sim::start(1, 3);
+    let tag = unique("one-worker");
+    let data = tempfile::tempdir().unwrap();
+    let config = fleet_config(&sim, &tag, "100ms", "", data.path().to_str().unwrap())
+        .replacen("[daemon]\n", "[daemon]\nworker_threads = 1\n", 1);
+    assert!(config.contains("worker_threads = 1"), "{config}");
+    let http = http_base(&config);
+    let mut daemon = start_daemon(&config);
+    assert_eq!(
+        plain_metric(&http, "gridwatch_runtime_worker_threads"),
+        Some(1.0)
+    );
+    for u in sim.h().units() {
+        let id = format!("{tag}-{}", u.device_id);
+        wait_for(&format!("{id} online"), Duration::from_secs(10), || {
+            (device_status(&http, &id) == "online").then_some(())
+        });
+    }
+    let before = plain_metric(&http, "gridwatch_readings_total").unwrap_or(0.0);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = plain_metric(&http, "gridwatch_readings_total").unwrap_or(0.0);
+    // Three units at 100 ms: about 30 readings a second.
+    assert!(after - before >= 15.0, "{before} -> {after}");
+    assert!(daemon.terminate().success(), "{}", daemon.log());
+}
+
 #[test]
 fn chart_windows_stay_within_history_max_bytes_through_the_api() {
     let sim = Sim::start(1, 4);

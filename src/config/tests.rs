@@ -95,6 +95,9 @@ profile = "tx"
 fn semantic_checks_catch_duplicates_and_missing_keys() {
     let text = format!(
         r#"
+[daemon]
+worker_threads = 5000
+
 [storage.influx]
 url = "not a url"
 api = "v1"
@@ -122,6 +125,7 @@ parent = "ghost"
     let errors = load_text(&text).unwrap_err().0;
     let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
     for expected in [
+        "daemon.worker_threads",
         "storage.influx.url",
         "storage.influx.db",
         "modbus.endpoints[0].address",

@@ -55,6 +55,10 @@ pub struct DaemonConfig {
     /// Capacity of each pipeline channel, in readings.
     #[serde(default = "default_channel_capacity")]
     pub channel_capacity: usize,
+    /// Threads that run the daemon's async work (polling, the pipeline, the API); 0 means
+    /// one per CPU core.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -76,6 +80,7 @@ impl Default for DaemonConfig {
             http_listen: default_http_listen(),
             profile_dirs: Vec::new(),
             channel_capacity: default_channel_capacity(),
+            worker_threads: 0,
         }
     }
 }

@@ -10,6 +10,9 @@ use crate::sources::modbus::compiled::CompiledProfile;
 use crate::sources::modbus::planner::PlanLimits;
 use crate::sources::mqtt::topic::{Capture, TopicPattern};
 
+/// More runtime threads than this is a typo, not a machine.
+const MAX_WORKER_THREADS: usize = 1024;
+
 /// Appends every problem of `config` to `errors`, and non-fatal ones to `warnings`.
 pub(super) fn validate(
     config: &Config,
@@ -31,6 +34,13 @@ pub(super) fn validate(
         errors.push(at(
             "daemon.channel_capacity".into(),
             "must be at least 1".into(),
+        ));
+    }
+
+    if config.daemon.worker_threads > MAX_WORKER_THREADS {
+        errors.push(at(
+            "daemon.worker_threads".into(),
+            format!("must be at most {MAX_WORKER_THREADS} (0 = one per CPU core)"),
         ));
     }
 

@@ -17,10 +17,11 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{EndpointConfig, Transport};
@@ -83,6 +84,10 @@ impl UnitMetrics {
         }
     }
 }
+
+/// A request got no answer within the endpoint timeout.
+#[derive(Debug, Clone, Copy)]
+struct TimedOut;
 
 /// How one request on the bus ended, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,15 +327,24 @@ impl Connection {
         // One wait for cancellation for the whole loop, not one set up per poll.
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
+        // Two timers for the connection's life, re-armed rather than made per poll: moving a
+        // registered timer to a later deadline is one atomic store, where a fresh
+        // `sleep_until` / `timeout` inserts a timer-wheel entry (under the driver's lock) and
+        // removes it again when dropped.
+        let pace = tokio::time::sleep_until(start);
+        tokio::pin!(pace);
+        let request_timer = tokio::time::sleep_until(start);
+        tokio::pin!(request_timer);
         while let Some((due, idx)) = queue.pop() {
+            pace.as_mut().reset(due);
             tokio::select! {
                 _ = &mut cancelled => break,
-                _ = tokio::time::sleep_until(due) => {}
+                _ = &mut pace => {}
             }
             // A poll in progress is finished, not dropped, at shutdown: its answers were
             // already taken from the device, and dropping it would lose the reading. It is
             // bounded by the request timeouts.
-            self.poll(idx).await;
+            self.poll(idx, request_timer.as_mut()).await;
             let d = &self.devices[idx];
             let after = self.cfg.backoff_after();
             let interval = backoff_interval(d.interval, d.failures, after, self.cfg.backoff_max);
@@ -353,8 +367,8 @@ impl Connection {
         tracing::info!(endpoint = %self.cfg.name, lane = self.lane, "modbus connection stopped");
     }
 
-    async fn poll(&mut self, idx: usize) {
-        let outcome = self.poll_device(idx).await;
+    async fn poll(&mut self, idx: usize, request_timer: Pin<&mut Sleep>) {
+        let outcome = self.poll_device(idx, request_timer).await;
         match &outcome {
             PollOutcome::Failed {
                 answered: false, ..
@@ -477,7 +491,9 @@ impl Connection {
         format!("connect failed: {err}")
     }
 
-    async fn poll_device(&mut self, idx: usize) -> PollOutcome {
+    /// Reads every request of the unit's plan; `request_timer` bounds each request to the
+    /// endpoint timeout.
+    async fn poll_device(&mut self, idx: usize, mut request_timer: Pin<&mut Sleep>) -> PollOutcome {
         if let Err(e) = self.ensure_client().await {
             return PollOutcome::Unreachable(e);
         }
@@ -501,7 +517,12 @@ impl Connection {
                     break 'requests;
                 };
                 let started = Instant::now();
-                let result = tokio::time::timeout(self.cfg.timeout, client.read(unit, req)).await;
+                request_timer.as_mut().reset(started + self.cfg.timeout);
+                let result = tokio::select! {
+                    biased;
+                    r = client.read(unit, req) => Ok(r),
+                    _ = request_timer.as_mut() => Err(TimedOut),
+                };
                 self.metrics
                     .latency
                     .observe(started.elapsed().as_secs_f64());
