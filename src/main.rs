@@ -324,9 +324,7 @@ fn run_daemon(loaded: LoadedConfig) -> anyhow::Result<()> {
     if loaded.config.daemon.worker_threads > 0 {
         builder.worker_threads(loaded.config.daemon.worker_threads);
     }
-    let runtime = builder
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = builder.build().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));

@@ -121,17 +121,27 @@ pub struct FieldDef {
     pub name: String,
     /// Engineering unit, if known.
     pub unit: Option<String>,
-    /// Pre-escaped line-protocol field key.
+    /// The line-protocol text before this field's value: `,key=` with the key escaped, or
+    /// empty when the key is (such a field is not written).
     #[serde(skip)]
-    pub lp_key: String,
+    pub lp_prefix: String,
 }
 
 impl FieldDef {
     /// A field with its line-protocol key precomputed.
     pub fn new(name: impl Into<String>, unit: Option<String>) -> Self {
         let name = name.into();
-        let lp_key = lineproto::escape_key(&name);
-        FieldDef { name, unit, lp_key }
+        let key = lineproto::escape_key(&name);
+        let lp_prefix = if key.is_empty() {
+            key
+        } else {
+            format!(",{key}=")
+        };
+        FieldDef {
+            name,
+            unit,
+            lp_prefix,
+        }
     }
 }
 

@@ -471,8 +471,11 @@ fn one_worker_thread_polls_every_device() {
     let sim = Sim::start(1, 3);
     let tag = unique("one-worker");
     let data = tempfile::tempdir().unwrap();
-    let config = fleet_config(&sim, &tag, "100ms", "", data.path().to_str().unwrap())
-        .replacen("[daemon]\n", "[daemon]\nworker_threads = 1\n", 1);
+    let config = fleet_config(&sim, &tag, "100ms", "", data.path().to_str().unwrap()).replacen(
+        "[daemon]\n",
+        "[daemon]\nworker_threads = 1\n",
+        1,
+    );
     assert!(config.contains("worker_threads = 1"), "{config}");
     let http = http_base(&config);
     let mut daemon = start_daemon(&config);
