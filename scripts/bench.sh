@@ -12,7 +12,8 @@
 #        and end of the measured window
 #        bare-poller runs the same poll loop against the same harness (no decoding, no
 #        pipeline), measuring its own CPU: gridwatch's CPU per poll / bare CPU per poll is
-#        the overhead ratio, measured minutes apart on the same machine
+#        the overhead ratio, with the bare client's CPU the mean of a window just before the
+#        daemon and one just after it (a drift of the machine's speed cancels)
 #   4. criterion micro-benchmarks (benches/hot_path.rs): decoding values/s/core and
 #      line-protocol points/s/core
 #   5. MQTT ingest: run only when gridwatch-sim has the `mqtt-load` subcommand (being
@@ -23,9 +24,9 @@
 # Environment (all optional):
 #   BENCH_DEVICES="1000 5000 10000"  device counts      BENCH_UNITS=100   unit ids per port
 #   BENCH_DURATION=60   measured seconds per scenario   BENCH_WARMUP=8    seconds before it
-#   BENCH_BARE_DURATION=20  measured seconds of bare-poller per scenario
+#   BENCH_BARE_DURATION=15  measured seconds of each bare-poller window (two per scenario)
 #   BENCH_COLLECTION_DEVICES="10000"  device counts of the collection-only scenario (alarms
-#       and KPIs off; " " = none), BENCH_COLLECTION_DURATION=30, BENCH_COLLECTION_BARE_DURATION=15
+#       and KPIs off; " " = none), BENCH_COLLECTION_DURATION=30, BENCH_COLLECTION_BARE_DURATION=10
 #   BENCH_SWEEP_VALUES="10 40 120"  register sweep: maps of V 16-bit values (one read each) on
 #       BENCH_SWEEP_DEVICES=2000 devices for BENCH_SWEEP_DURATION=15 s each (" " = none)
 #   BENCH_INTERVAL=1s   poll interval                    BENCH_SKIP_BUILD=1  reuse target/release
@@ -42,10 +43,10 @@ DEVICES=${BENCH_DEVICES:-"1000 5000 10000"}
 UNITS=${BENCH_UNITS:-100}
 DURATION=${BENCH_DURATION:-60}
 WARMUP=${BENCH_WARMUP:-8}
-BARE_DURATION=${BENCH_BARE_DURATION:-20}
+BARE_DURATION=${BENCH_BARE_DURATION:-15}
 COLLECTION_DEVICES=${BENCH_COLLECTION_DEVICES:-10000}
 COLLECTION_DURATION=${BENCH_COLLECTION_DURATION:-30}
-COLLECTION_BARE_DURATION=${BENCH_COLLECTION_BARE_DURATION:-15}
+COLLECTION_BARE_DURATION=${BENCH_COLLECTION_BARE_DURATION:-10}
 SWEEP_VALUES=${BENCH_SWEEP_VALUES:-"10 40 120"}
 SWEEP_DEVICES=${BENCH_SWEEP_DEVICES:-2000}
 SWEEP_DURATION=${BENCH_SWEEP_DURATION:-15}
@@ -168,6 +169,17 @@ PY
     sim=$!
     PIDS+=("$sim")
     for _ in $(seq 1 100); do [[ -s "$dir/addrs" ]] && break; sleep 0.1; done
+    if ((bare_duration > 0)); then
+        # The bare client runs before and after the daemon: the mean of the two windows is the
+        # ratio's denominator, so a drift of the machine's speed over the scenario cancels.
+        log "modbus: bare-poller on the harness before the daemon, ${bare_duration}s"
+        echo "$(steal_s) $(now_s)" >"$dir/steal0.txt"
+        "$BIN/bare-poller" --addrs-file "$dir/addrs" --units "$UNITS" --interval "$INTERVAL" \
+            --warmup 3s --duration "${bare_duration}s" >"$dir/bare0.json" 2>"$dir/bare0.log"
+        echo "$(steal_s) $(now_s)" >>"$dir/steal0.txt"
+    else
+        echo '{}' >"$dir/bare0.json"
+    fi
     port=$(free_port)
     cat >"$dir/gridwatch.toml" <<EOF
 [api]
@@ -214,7 +226,7 @@ EOF
     q1=$(now_s)
 
     if ((bare_duration > 0)); then
-        log "modbus: bare-poller on the same harness, ${bare_duration}s"
+        log "modbus: bare-poller on the harness after the daemon, ${bare_duration}s"
         echo "$(steal_s) $(now_s)" >>"$dir/steal.txt"
         "$BIN/bare-poller" --addrs-file "$dir/addrs" --units "$UNITS" --interval "$INTERVAL" \
             --warmup 3s --duration "${bare_duration}s" >"$dir/bare.json" 2>"$dir/bare.log"
@@ -289,14 +301,20 @@ gw_cpu = float(d1) - float(d0)
 vm0, vm1 = parse(f"{d}/vm0.txt"), parse(f"{d}/vm1.txt")
 vm_rows = total(vm1, "vm_rows_inserted_total") - total(vm0, "vm_rows_inserted_total")
 bare = json.load(open(f"{d}/bare.json"))
+bare_before = json.load(open(f"{d}/bare0.json"))
+bare_runs = [b["cpu_us_per_poll"] for b in (bare_before, bare) if b.get("cpu_us_per_poll")]
+bare_per_poll = sum(bare_runs) / len(bare_runs) if bare_runs else None
 gw_per_poll = gw_cpu * 1e6 / ok if ok else None
 r = lambda x, k=2: None if x is None else round(x, k)
 # Hypervisor steal over the daemon's window and over the bare client's run, in % of the
 # machine (all CPUs): above a few % the figures of that scenario are not comparable.
 import os
-marks = [tuple(map(float, l.split())) for l in open(f"{d}/steal.txt")]
 ncpu = os.cpu_count() or 1
-def steal_pct(a, b):
+def steal_pct(a, b, name="steal.txt"):
+    try:
+        marks = [tuple(map(float, l.split())) for l in open(f"{d}/{name}")]
+    except FileNotFoundError:
+        return None
     if len(marks) <= b:
         return None
     return r(100 * (marks[b][0] - marks[a][0]) / max(marks[b][1] - marks[a][1], 1e-9) / ncpu, 1)
@@ -329,9 +347,11 @@ print(json.dumps({
     "daemon_cpu_ns_per_value": r(gw_per_poll * 1000 / values, 1) if gw_per_poll else None,
     "steal_pct": steal_pct(0, 1),
     "bare_steal_pct": steal_pct(2, 3),
+    "bare_before_steal_pct": steal_pct(0, 1, "steal0.txt"),
+    "bare_before": {k: r(v, 3) if isinstance(v, float) else v for k, v in bare_before.items()},
     "bare": {k: r(v, 3) if isinstance(v, float) else v for k, v in bare.items()},
-    "overhead_ratio": r(gw_per_poll / bare["cpu_us_per_poll"], 2)
-        if gw_per_poll and bare.get("cpu_us_per_poll") else None,
+    "bare_cpu_us_per_poll_mean": r(bare_per_poll, 3),
+    "overhead_ratio": r(gw_per_poll / bare_per_poll, 2) if gw_per_poll and bare_per_poll else None,
 }))
 PY
 }
