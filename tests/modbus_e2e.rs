@@ -366,13 +366,18 @@ fn dead_unit_goes_offline_and_back_while_the_others_keep_their_rate() {
     );
 }
 
-fn metric(base: &str, name: &str, label: &str) -> f64 {
-    let text = http_client()
+/// The daemon's `/metrics` page.
+fn metrics_text(base: &str) -> String {
+    http_client()
         .get(format!("{base}/metrics"))
         .send()
         .unwrap()
         .text()
-        .unwrap();
+        .unwrap()
+}
+
+fn metric(base: &str, name: &str, label: &str) -> f64 {
+    let text = metrics_text(base);
     let lines: Vec<Result<String, std::io::Error>> =
         text.lines().map(|l| Ok(l.to_string())).collect();
     let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).unwrap();
@@ -456,13 +461,8 @@ fn exception_responses_are_counted_and_logged_per_device() {
 
 /// The unlabelled sample `name` from `/metrics`.
 fn plain_metric(base: &str, name: &str) -> Option<f64> {
-    let text = http_client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
+    metrics_text(base)
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
@@ -513,19 +513,8 @@ fn chart_windows_stay_within_history_max_bytes_through_the_api() {
     let mut daemon = start_daemon(&config);
     // Twice the window, so every window has filled and rolled.
     std::thread::sleep(Duration::from_secs(8));
-    let text = http_client()
-        .get(format!("{http}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    let held: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("gridwatch_history_bytes "))
-        .expect("gridwatch_history_bytes in /metrics")
-        .trim()
-        .parse()
-        .unwrap();
+    let held = plain_metric(&http, "gridwatch_history_bytes")
+        .expect("gridwatch_history_bytes in /metrics");
     assert!(
         held > 0.0 && held <= max_bytes as f64,
         "history holds {held} bytes, budget {max_bytes}"
