@@ -327,10 +327,11 @@ impl Connection {
         // One wait for cancellation for the whole loop, not one set up per poll.
         let cancelled = cancel.cancelled();
         tokio::pin!(cancelled);
-        // Two timers for the connection's life, re-armed rather than made per poll: moving a
-        // registered timer to a later deadline is one atomic store, where a fresh
-        // `sleep_until` / `timeout` inserts a timer-wheel entry (under the driver's lock) and
-        // removes it again when dropped.
+        // Two timers for the connection's life, re-armed rather than made per poll. The
+        // request timer has not fired when it is moved to the next request's later deadline:
+        // that is one atomic store, where a fresh `timeout` inserts a timer-wheel entry
+        // (under the driver's lock) and removes it again when dropped. The pacing timer has
+        // fired, so it is inserted again, but nothing is set up and torn down around it.
         let pace = tokio::time::sleep_until(start);
         tokio::pin!(pace);
         let request_timer = tokio::time::sleep_until(start);
