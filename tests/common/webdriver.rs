@@ -42,11 +42,17 @@ impl Browser {
                 "browserName": "chrome",
                 "goog:chromeOptions": {
                     "binary": chrome,
-                    // The flags this sandbox needs: no GPU, no network beyond loopback.
+                    // The flags this sandbox needs: no GPU, no network beyond loopback. The
+                    // page must run as a control-room screen in front does: Chrome may treat a
+                    // headless window as backgrounded or occluded and then throttle its timers
+                    // and pause animation frames (the overview's 10 s refresh and its render).
                     "args": [
                         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
                         "--no-first-run", "--disable-background-networking",
                         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                        "--disable-background-timer-throttling",
+                        "--disable-backgrounding-occluded-windows",
+                        "--disable-renderer-backgrounding",
                         format!("--window-size={},{}", size.0, size.1),
                         format!("--user-data-dir={}", profile.display()),
                     ]
