@@ -135,6 +135,21 @@ VM_URL="http://127.0.0.1:$GW_VM_PORT"
 VM_PID=$(cat "$GW_ROOT/vm/victoria-metrics.pid")
 log "VictoriaMetrics at $VM_URL"
 
+# One bare-poller window on the harness of scenario DIR: DIR/NAME.json ("{}" when SECONDS is
+# 0), with steal and time marks before and after it appended to DIR/MARKS.
+run_bare() {
+    local dir=$1 name=$2 marks=$3 seconds=$4 when=$5
+    if ((seconds == 0)); then
+        echo '{}' >"$dir/$name.json"
+        return
+    fi
+    log "modbus: bare-poller on the harness $when, ${seconds}s"
+    echo "$(steal_s) $(now_s)" >>"$dir/$marks"
+    "$BIN/bare-poller" --addrs-file "$dir/addrs" --units "$UNITS" --interval "$INTERVAL" \
+        --warmup 3s --duration "${seconds}s" >"$dir/$name.json" 2>"$dir/$name.log"
+    echo "$(steal_s) $(now_s)" >>"$dir/$marks"
+}
+
 # ------------------------------------------------------------------ Modbus scenarios
 # run_modbus N [MODE] — writes $WORK/modbus-N[-MODE]/result.json. MODE "collection": the
 # daemon with [alarms] and [kpi] switched off (poll, decode, encode, spool, store, history):
@@ -169,17 +184,9 @@ PY
     sim=$!
     PIDS+=("$sim")
     for _ in $(seq 1 100); do [[ -s "$dir/addrs" ]] && break; sleep 0.1; done
-    if ((bare_duration > 0)); then
-        # The bare client runs before and after the daemon: the mean of the two windows is the
-        # ratio's denominator, so a drift of the machine's speed over the scenario cancels.
-        log "modbus: bare-poller on the harness before the daemon, ${bare_duration}s"
-        echo "$(steal_s) $(now_s)" >"$dir/steal0.txt"
-        "$BIN/bare-poller" --addrs-file "$dir/addrs" --units "$UNITS" --interval "$INTERVAL" \
-            --warmup 3s --duration "${bare_duration}s" >"$dir/bare0.json" 2>"$dir/bare0.log"
-        echo "$(steal_s) $(now_s)" >>"$dir/steal0.txt"
-    else
-        echo '{}' >"$dir/bare0.json"
-    fi
+    # The bare client runs before and after the daemon: the mean of the two windows is the
+    # ratio's denominator, so a drift of the machine's speed over the scenario cancels.
+    run_bare "$dir" bare0 steal0.txt "$bare_duration" "before the daemon"
     port=$(free_port)
     cat >"$dir/gridwatch.toml" <<EOF
 [api]
@@ -225,15 +232,7 @@ EOF
     stop_pid "$gw"
     q1=$(now_s)
 
-    if ((bare_duration > 0)); then
-        log "modbus: bare-poller on the harness after the daemon, ${bare_duration}s"
-        echo "$(steal_s) $(now_s)" >>"$dir/steal.txt"
-        "$BIN/bare-poller" --addrs-file "$dir/addrs" --units "$UNITS" --interval "$INTERVAL" \
-            --warmup 3s --duration "${bare_duration}s" >"$dir/bare.json" 2>"$dir/bare.log"
-        echo "$(steal_s) $(now_s)" >>"$dir/steal.txt"
-    else
-        echo '{}' >"$dir/bare.json"
-    fi
+    run_bare "$dir" bare steal.txt "$bare_duration" "after the daemon"
     stop_pid "$sim"
 
     python3 - "$dir" "$n" "$t0" "$t1" "$d0" "$d1" "$s0" "$s1" "$v0" "$v1" "$rss" "$INTERVAL" "$mode" "$values" "$registers" "$q0" "$q1" >"$dir/result.json" <<'PY'

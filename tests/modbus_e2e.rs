@@ -366,31 +366,35 @@ fn dead_unit_goes_offline_and_back_while_the_others_keep_their_rate() {
     );
 }
 
-/// The daemon's `/metrics` page.
-fn metrics_text(base: &str) -> String {
-    http_client()
+/// The daemon's `/metrics` page, parsed.
+fn scrape(base: &str) -> prometheus_parse::Scrape {
+    let text = http_client()
         .get(format!("{base}/metrics"))
         .send()
         .unwrap()
         .text()
-        .unwrap()
+        .unwrap();
+    let lines: Vec<Result<String, std::io::Error>> =
+        text.lines().map(|l| Ok(l.to_string())).collect();
+    prometheus_parse::Scrape::parse(lines.into_iter()).unwrap()
+}
+
+/// The value of a counter, gauge or untyped sample.
+fn sample_value(s: &prometheus_parse::Sample) -> f64 {
+    match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        _ => 0.0,
+    }
 }
 
 fn metric(base: &str, name: &str, label: &str) -> f64 {
-    let text = metrics_text(base);
-    let lines: Vec<Result<String, std::io::Error>> =
-        text.lines().map(|l| Ok(l.to_string())).collect();
-    let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).unwrap();
-    scrape
+    scrape(base)
         .samples
         .iter()
         .filter(|s| s.metric == name && s.labels.values().any(|v| v == label))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
+        .map(sample_value)
         .sum()
 }
 
@@ -461,9 +465,11 @@ fn exception_responses_are_counted_and_logged_per_device() {
 
 /// The unlabelled sample `name` from `/metrics`.
 fn plain_metric(base: &str, name: &str) -> Option<f64> {
-    metrics_text(base)
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    scrape(base)
+        .samples
+        .iter()
+        .find(|s| s.metric == name && s.labels.is_empty())
+        .map(sample_value)
 }
 
 #[test]
