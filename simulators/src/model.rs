@@ -432,10 +432,13 @@ impl UnitModel {
         let common = 0.004 * noise(unit_key ^ 21, t, 600.0);
         let mut v = [0.0; 3];
         for (p, vp) in v.iter_mut().enumerate() {
-            // Slow wander plus fast measurement-level jitter (±0.1 %, ~0.2 V): a real meter's
-            // reading moves between consecutive seconds, so a frozen value stands out.
+            // Slow wander plus fast measurement-level jitter (±0.15 %, ~0.3 V): a real meter's
+            // reading moves between consecutive reads, so a frozen value stands out. The
+            // jitter's period is shorter than the fastest read interval (0.5 s) so every read
+            // lands on fresh noise: with a longer period two reads near one knot of the
+            // interpolation can round to the same 0.1 V, and 16 such in a row happened once.
             let own = 0.002 * noise(unit_key ^ (30 + p as u64), t, 300.0)
-                + 0.001 * noise(unit_key ^ (33 + p as u64), t, 1.3);
+                + 0.0015 * noise(unit_key ^ (33 + p as u64), t, 0.4);
             *vp = match net_fault {
                 Some(Fault::UnderVoltage) => vn * 0.85 * (1.0 + own),
                 Some(Fault::OverVoltage) => vn * 1.11 * (1.0 + own),
