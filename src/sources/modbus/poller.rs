@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -109,6 +109,22 @@ pub fn backoff_interval(interval: Duration, failures: u32, after: u32, max: Dura
     let doublings = (failures - after + 1).min(20);
     let backed = interval.saturating_mul(1 << doublings);
     backed.min(max.max(interval))
+}
+
+/// The first poll of a device at or after `now`, when the wall clock read `wall` (since the
+/// UNIX epoch) at `now`: the next instant at which the wall clock is a whole multiple of
+/// `interval` plus `phase`.
+///
+/// Schedules are on the wall clock's grid, as a control room expects (a 1 s device at
+/// hh:mm:ss + its phase, a 1 min one at the minute + its phase), so readings of the same
+/// phase line up across gateways and restarts. It also lets every connection's timers fire on
+/// the same ticks: at 10,000 devices, 100 connections started a few hundred microseconds apart
+/// each woke the runtime on its own millisecond tick, where aligned ones share it.
+pub fn first_due(now: Instant, wall: Duration, interval: Duration, phase: Duration) -> Instant {
+    let iv = interval.as_nanos().max(1);
+    let past_slot = (wall.as_nanos() + iv - phase.as_nanos() % iv) % iv;
+    let wait = if past_slot == 0 { 0 } else { iv - past_slot };
+    now + Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX))
 }
 
 impl PolledDevice {
@@ -313,14 +329,17 @@ impl Connection {
     /// Polls until `cancel` fires.
     pub async fn run(mut self, cancel: CancellationToken) {
         let start = Instant::now();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let mut queue = Schedule::with_capacity(self.devices.len());
         // Queue order among equal due times: first queued, first served (fair across units).
         let mut seq: u64 = 0;
         let n = self.devices.len().max(1) as u32;
         for (i, d) in self.devices.iter().enumerate() {
-            // Spread first polls over the interval so a gateway is not hit by a burst.
+            // Spread a connection's polls over the interval so a gateway is not hit by a burst.
             let phase = d.interval / n * (i as u32 % n);
-            queue.push(start + phase, seq, i);
+            queue.push(first_due(start, wall, d.interval, phase), seq, i);
             seq += 1;
         }
         tracing::info!(endpoint = %self.cfg.name, transport = self.cfg.transport.as_str(), lane = self.lane, devices = self.devices.len(), "modbus connection started");
