@@ -470,10 +470,12 @@ impl Engine {
         let mut conditions: Vec<&str> = Vec::new();
         for s in &mut dev.rules {
             let rule = &s.rule;
-            let suppressed = rule
-                .suppressed_by
-                .iter()
-                .any(|id| conditions.contains(&id.as_str()));
+            // Most readings raise no condition: then no rule's `suppressed_by` is read.
+            let suppressed = !conditions.is_empty()
+                && rule
+                    .suppressed_by
+                    .iter()
+                    .any(|id| conditions.contains(&id.as_str()));
             let raw = if rule.rule_type == RuleType::Stale {
                 Some(0.0)
             } else {

@@ -178,3 +178,32 @@ async fn a_consumer_that_stopped_never_holds_the_fan_out_back() {
     assert_eq!(got, (0..20).collect::<Vec<_>>());
     assert_eq!(metrics.counter_total("gridwatch_pipeline_dropped_total"), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn readings_that_arrive_within_the_linger_go_out_as_one_batch() {
+    let metrics = Registry::new();
+    let mut p = Pipeline::new(1000, Arc::clone(&metrics));
+    let mut a = p.consumer("a", Delivery::Lossless);
+    let tx = p.sender();
+    let run = tokio::spawn(p.run());
+    tx.send(reading(0)).await.unwrap();
+    // The fan-out takes the first reading and lingers; the next two arrive meanwhile
+    // (the paused clock stands still until every task waits).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    tx.send(reading(1)).await.unwrap();
+    tx.send(reading(2)).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(a.recv_chunk(&mut buf, 100, Duration::ZERO).await, 3);
+    assert_eq!(ts_of(&buf), vec![0, 1, 2]);
+    assert_eq!(metrics.counter_total("gridwatch_pipeline_batches_total"), 1);
+    // A reading on its own still goes out, one linger later.
+    tx.send(reading(3)).await.unwrap();
+    buf.clear();
+    assert_eq!(a.recv_chunk(&mut buf, 100, Duration::ZERO).await, 1);
+    assert_eq!(metrics.counter_total("gridwatch_pipeline_batches_total"), 2);
+    drop(tx);
+    run.await.unwrap();
+    assert_eq!(metrics.counter_total("gridwatch_readings_total"), 4);
+}
