@@ -116,22 +116,21 @@ impl Pipeline {
             "Readings that entered the pipeline.",
             &[],
         );
-        // A lossless consumer must have room for a whole batch.
-        let max = FAN_OUT_MAX.min(capacity);
         let batches = metrics.counter(
             "gridwatch_pipeline_batches_total",
             "Batches the fan-out handed to the consumers (readings_total / this = readings per batch).",
             &[],
         );
+        // A lossless consumer must have room for a whole batch.
+        let max = FAN_OUT_MAX.min(capacity);
         let mut taken = Vec::with_capacity(max);
         while input_rx.recv_many(&mut taken, max).await > 0 {
-            if taken.len() < max.div_ceil(4) {
+            if worth_lingering(taken.len(), max, FAN_OUT_LINGER) {
                 tokio::time::sleep(FAN_OUT_LINGER).await;
-                while taken.len() < max {
-                    match input_rx.try_recv() {
-                        Ok(r) => taken.push(r),
-                        Err(_) => break,
-                    }
+                while taken.len() < max
+                    && let Ok(r) = input_rx.try_recv()
+                {
+                    taken.push(r);
                 }
             }
             readings.add(taken.len() as u64);
@@ -140,6 +139,12 @@ impl Pipeline {
             fan_out(&consumers, batch).await;
         }
     }
+}
+
+/// Whether `len` readings taken (of at most `max`) are worth waiting `linger` for more: a
+/// channel that already had a quarter of `max` queued is busy and pays for its wake-ups.
+fn worth_lingering(len: usize, max: usize, linger: Duration) -> bool {
+    len < max.div_ceil(4) && !linger.is_zero()
 }
 
 /// Offers a batch to every consumer: waits for room in the lossless one, drops the batch for
@@ -214,7 +219,7 @@ impl ReadingRx {
             }
             self.take_queued(buf, max);
         }
-        if buf.len() < max.div_ceil(4) && !linger.is_zero() {
+        if worth_lingering(buf.len(), max, linger) {
             tokio::time::sleep(linger).await;
             self.take_queued(buf, max);
         }

@@ -105,22 +105,19 @@ async fn gateway(addr: SocketAddr, args: Arc<Args>, counts: Arc<Counts>, stop: I
     };
     let n = u32::from(args.units.max(1));
     // The daemon's grid: unit i at a whole multiple of the interval on the wall clock plus
-    // i/n of the interval (gridwatch's `poller::first_due`), so both fire on the same ticks.
+    // i/n of the interval (gridwatch's `poller::first_due`), so both fire on the same ticks;
+    // rounds start at the next whole interval (the warm-up covers the wait).
     let now = Instant::now();
     let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
     let iv = args.interval.as_nanos().max(1);
-    let since_slot = Duration::from_nanos((wall % iv) as u64);
-    let start = now.checked_sub(since_slot).unwrap_or(now);
+    let start = now + Duration::from_nanos((iv - wall % iv) as u64);
     let mut round = 0u32;
     'outer: loop {
         for i in 0..n {
             let due = start + args.interval * round + args.interval / n * i;
-            if due < now {
-                continue;
-            }
             if due >= stop {
                 break 'outer;
             }
