@@ -330,11 +330,12 @@ impl History {
     pub async fn run(self: Arc<Self>, mut rx: crate::pipeline::ReadingRx) {
         // Charts are read by people: 20 ms late costs nothing, a wake-up per reading does.
         let linger = std::time::Duration::from_millis(20);
-        let mut chunk = Vec::with_capacity(1024);
+        let mut chunk = crate::pipeline::Chunk::new();
         while rx.recv_chunk(&mut chunk, 1024, linger).await > 0 {
-            for r in chunk.drain(..) {
-                self.record(r);
+            for r in chunk.iter() {
+                self.record(Arc::clone(r));
             }
+            chunk.clear();
         }
     }
 }

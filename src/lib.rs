@@ -770,15 +770,16 @@ async fn log_alarm_events(
 async fn forward_readings(mut rx: pipeline::ReadingRx, hub: hub::Hub) {
     // A browser redraws at most every frame (16 ms): 10 ms of gathering is invisible there.
     let linger = Duration::from_millis(10);
-    let mut chunk = Vec::with_capacity(1024);
+    let mut chunk = pipeline::Chunk::new();
     while rx.recv_chunk(&mut chunk, 1024, linger).await > 0 {
         if !hub.wants_readings() {
             chunk.clear();
             continue;
         }
-        for r in chunk.drain(..) {
-            forward_reading(&r, &hub);
+        for r in chunk.iter() {
+            forward_reading(r, &hub);
         }
+        chunk.clear();
     }
 }
 

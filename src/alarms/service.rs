@@ -230,7 +230,7 @@ pub async fn run_rules(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Readings that queued up while the last ones were handled are taken together, so an
     // alarm storm (every meter of a region at once) saves the alarm state once per chunk.
-    let mut chunk = Vec::with_capacity(RULES_CHUNK);
+    let mut chunk = crate::pipeline::Chunk::new();
     let mut detections = Vec::new();
     loop {
         tokio::select! {
@@ -238,16 +238,17 @@ pub async fn run_rules(
                 if n == 0 {
                     break;
                 }
-                for r in chunk.drain(..) {
-                    let d = engine.on_reading(&r);
+                for r in chunk.iter() {
+                    let d = engine.on_reading(r);
                     match locate.as_mut() {
                         Some(l) => {
-                            l.locator.observe(&r);
+                            l.locator.observe(r);
                             detections.extend(l.locator.process(d));
                         }
                         None => detections.extend(d),
                     }
                 }
+                chunk.clear();
                 service.apply(&detections);
                 detections.clear();
             }

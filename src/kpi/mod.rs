@@ -655,10 +655,10 @@ impl KpiService {
     }
 
     /// [`on_reading`](Self::on_reading) for several readings, in order, under one lock.
-    pub fn on_readings(&self, readings: impl IntoIterator<Item = Arc<Reading>>) {
+    pub fn on_readings<'a>(&self, readings: impl IntoIterator<Item = &'a Arc<Reading>>) {
         let mut engine = self.lock();
         for r in readings {
-            engine.on_reading(&r);
+            engine.on_reading(r);
         }
     }
 
@@ -851,14 +851,15 @@ pub async fn run(
     // Compliance is counted per reading time, not arrival time: taking readings in chunks
     // changes no figure and saves a wake-up (and a lock) per reading.
     let linger = std::time::Duration::from_millis(20);
-    let mut chunk = Vec::with_capacity(1024);
+    let mut chunk = crate::pipeline::Chunk::new();
     loop {
         tokio::select! {
             n = rx.recv_chunk(&mut chunk, 1024, linger) => {
                 if n == 0 {
                     break;
                 }
-                service.on_readings(chunk.drain(..));
+                service.on_readings(chunk.iter());
+                chunk.clear();
             }
             _ = tick.tick() => {
                 if let Ok(text) = save(&service, true).await

@@ -29,14 +29,14 @@ fn batch(ts: &[i64]) -> Batch {
     ts.iter().map(|t| Arc::new(reading(*t))).collect()
 }
 
-fn ts_of(buf: &[Arc<Reading>]) -> Vec<i64> {
+fn ts_of(buf: &Chunk) -> Vec<i64> {
     buf.iter().map(|r| r.ts).collect()
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_trickle_is_gathered_for_the_linger() {
     let (c, mut rx) = consumer(64);
-    let mut buf = Vec::new();
+    let mut buf = Chunk::new();
     fan_out(std::slice::from_ref(&c), batch(&[1])).await;
     let feeder = tokio::spawn(async move {
         for i in 2..=5 {
@@ -64,7 +64,7 @@ async fn a_busy_channel_is_taken_without_lingering_and_batches_are_split_at_max(
     let c = std::slice::from_ref(&c);
     fan_out(c, batch(&(0..10).collect::<Vec<_>>())).await;
     fan_out(c, batch(&(10..30).collect::<Vec<_>>())).await;
-    let mut buf = Vec::new();
+    let mut buf = Chunk::new();
     let t0 = tokio::time::Instant::now();
     // 30 queued, a quarter of 100 is 25: no linger, and never more than `max`.
     assert_eq!(
@@ -194,7 +194,7 @@ async fn readings_that_arrive_within_the_linger_go_out_as_one_batch() {
     }
     tx.send(reading(1)).await.unwrap();
     tx.send(reading(2)).await.unwrap();
-    let mut buf = Vec::new();
+    let mut buf = Chunk::new();
     assert_eq!(a.recv_chunk(&mut buf, 100, Duration::ZERO).await, 3);
     assert_eq!(ts_of(&buf), vec![0, 1, 2]);
     assert_eq!(metrics.counter_total("gridwatch_pipeline_batches_total"), 1);

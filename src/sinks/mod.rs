@@ -289,7 +289,7 @@ pub async fn run_batcher_with_lines(
     let mut points = 0usize;
     let mut tick = tokio::time::interval(settings.flush_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut chunk = Vec::with_capacity(BATCHER_CHUNK);
+    let mut chunk = crate::pipeline::Chunk::new();
     loop {
         // A chunk never takes the batch past `batch_size`.
         let room = settings
@@ -303,9 +303,9 @@ pub async fn run_batcher_with_lines(
                 }
                 let mut start = body.len();
                 let mut added = 0u32;
-                for reading in chunk.drain(..) {
+                for reading in chunk.iter() {
                     let before = body.len();
-                    lineproto::write_reading(&mut body, &reading);
+                    lineproto::write_reading(&mut body, reading);
                     if body.len() > before {
                         added += 1;
                     }
@@ -318,6 +318,7 @@ pub async fn run_batcher_with_lines(
                         added = 0;
                     }
                 }
+                chunk.clear();
                 if added > 0 {
                     // One journal record (one `write`) per chunk: every encoded reading is
                     // journaled before the next chunk is taken.

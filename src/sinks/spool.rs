@@ -62,8 +62,12 @@ pub const RECORD_HEADER: usize = 12;
 pub const MAX_RECORD: u32 = 256 << 20;
 const INDEX_FILE: &str = "ack";
 const JOURNAL_FILE: &str = "open.journal";
-/// Bytes of recently appended batches the spool keeps in memory for the writer.
-const RECENT_BYTES: usize = 4 << 20;
+/// Bytes of recently appended batches the spool keeps in memory for the writer. At 10,000
+/// devices × 50 values the writer trails a store on the same two cores by about ten 1 MiB
+/// batches; with 4 MiB kept, most batches were read back from the file they were just
+/// written to (2.6 % of the daemon's CPU in a profile). 16 MiB covers that lag for 16 MB of
+/// memory; a store that is down still only costs disk.
+const RECENT_BYTES: usize = 16 << 20;
 /// Bodies of delivered batches kept for the next batch read back or sealed.
 const POOL_BUFFERS: usize = 2;
 
