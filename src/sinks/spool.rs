@@ -317,6 +317,7 @@ struct SpoolMetrics {
     blocked: Counter,
     recovered: Counter,
     io_errors: Counter,
+    read_back: Counter,
     pending_points: Gauge,
     pending_bytes: Gauge,
     pending_batches: Gauge,
@@ -404,6 +405,11 @@ impl Spool {
             recovered: registry.counter(
                 "gridwatch_spool_recovered_points_total",
                 "Unsent points found in the spool at start-up and queued for replay.",
+                &[],
+            ),
+            read_back: registry.counter(
+                "gridwatch_spool_read_back_batches_total",
+                "Batches the writer read back from a segment file because they were no longer in memory (the store lagged or the daemon restarted).",
                 &[],
             ),
             io_errors: registry.counter(
@@ -863,6 +869,7 @@ impl Spool {
             if let Some((_, batch)) = self.lock_recent().iter().find(|(r, _)| *r == rid) {
                 return Some((Arc::clone(batch), rid));
             }
+            self.metrics.read_back.inc();
             match self.read_record(id, meta) {
                 Ok(batch) => return Some((Arc::new(batch), rid)),
                 Err(e) => {

@@ -370,4 +370,6 @@ async fn batches_read_back_from_disk_reuse_delivered_buffers_and_damage_is_still
         1,
         "the damaged record was skipped"
     );
+    // Only the four past the memory window came from the file (the damaged one counts).
+    assert_eq!(spool.metrics.read_back.get(), 4);
 }
