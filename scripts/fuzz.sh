@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 SECS=${1:-600}
 shift || true
 TARGETS=("$@")
-[[ ${#TARGETS[@]} -eq 0 ]] && TARGETS=(modbus_response lineproto spool_segment config mqtt_message)
+[[ ${#TARGETS[@]} -eq 0 ]] && TARGETS=(modbus_response lineproto spool_segment spool_journal config mqtt_message)
 cd fuzz
 for t in "${TARGETS[@]}"; do
     echo "=== fuzz $t for ${SECS}s" >&2

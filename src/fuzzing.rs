@@ -233,6 +233,22 @@ pub fn spool_segment(data: &[u8]) {
     assert_eq!(&rebuilt[..], &data[..scan.valid_len as usize]);
 }
 
+/// Target `spool_journal`: any bytes as the open batch's journal. The reader must not
+/// panic and can only return text the file holds; a journal written from what it returned
+/// must read back as the same batch, undamaged.
+pub fn spool_journal(data: &[u8]) {
+    let (batch, _) = spool::journal_batch(data);
+    assert!(batch.body.len() <= data.len());
+    let mut rebuilt = spool::JOURNAL_MAGIC.to_vec();
+    rebuilt.extend_from_slice(&7u64.to_le_bytes());
+    let points = u32::try_from(batch.points).unwrap_or(u32::MAX);
+    spool::encode_journal_record(&mut rebuilt, 7, points, batch.body.as_bytes());
+    let (again, damaged) = spool::journal_batch(&rebuilt);
+    assert!(!damaged, "a journal just written reads back undamaged");
+    assert_eq!(again.body, batch.body);
+    assert_eq!(again.points, points as usize);
+}
+
 /// Target `config`: any text as a configuration file. Loading must return a config or a
 /// list of errors that each name the file, never panic.
 pub fn config_text(data: &[u8]) {

@@ -25,6 +25,11 @@ proptest! {
     }
 
     #[test]
+    fn spool_journal_reader(data in prop::collection::vec(any::<u8>(), 0..300)) {
+        gridwatch::fuzzing::spool_journal(&data);
+    }
+
+    #[test]
     fn modbus_response_decoder(data in prop::collection::vec(any::<u8>(), 0..300)) {
         gridwatch::fuzzing::modbus_response(&data);
     }

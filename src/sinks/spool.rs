@@ -20,12 +20,25 @@
 //! (`gridwatch_spool_torn_records_total`); later segments are replayed normally, so one bad
 //! tail never blocks the rest and is never sent as garbage.
 //!
-//! The *journal* file `open.journal` (same format) holds the batch the batcher is still
-//! filling: every reading is appended to it as its own record the moment it is encoded
+//! The *journal* file `open.journal` holds the batch the batcher is still filling: every
+//! chunk of readings is written to it as its own record the moment it is encoded
 //! ([`Spool::journal`]), without fsync — a killed process leaves it in the OS page cache, so
 //! `kill -9` loses nothing that was encoded. When the batch is sealed and appended to a
 //! segment, the journal is emptied. At start-up a non-empty journal becomes the newest
-//! batch (after the segments' records, which are older). Against a power cut the journal
+//! batch (after the segments' records, which are older).
+//!
+//! ```text
+//! "GWJRNL02" | generation u64 LE               16-byte header
+//! repeated: len u32 | crc u32 | points u32 | generation u64 | payload
+//! ```
+//!
+//! Emptying the journal starts a new *generation* (the header is rewritten) and the next
+//! batch overwrites the file from the start, so records of an older generation may follow
+//! the current ones: they are the end of the journal, not damage. `crc` covers the
+//! generation, `len`, `points` and the payload. Overwriting pages the file already has is
+//! several times cheaper than truncating it and appending again (ext4 allocated blocks
+//! for every appended page, about 15 µs per 75 KB write against 3 µs in place). A journal
+//! left by an older version (segment format, magic `GWSPOOL1`) is still read. Against a power cut the journal
 //! is as good as the last fsync of the [`Fsync::Interval`] syncer (or nothing with
 //! [`Fsync::EveryBatch`], which fsyncs sealed batches, not single readings): a power cut
 //! can lose the open batch, a process kill cannot.
@@ -40,6 +53,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -62,6 +76,12 @@ pub const RECORD_HEADER: usize = 12;
 pub const MAX_RECORD: u32 = 256 << 20;
 const INDEX_FILE: &str = "ack";
 const JOURNAL_FILE: &str = "open.journal";
+/// The first bytes of the journal (see the module docs).
+pub const JOURNAL_MAGIC: &[u8; 8] = b"GWJRNL02";
+/// Bytes of the journal's header: magic and generation.
+const JOURNAL_HEADER: usize = 16;
+/// Bytes of a journal record's header: length, CRC, point count, generation.
+const JOURNAL_RECORD_HEADER: usize = 20;
 /// Bytes of recently appended batches the spool keeps in memory for the writer. At 10,000
 /// devices × 50 values the writer trails a store on the same two cores by about ten 1 MiB
 /// batches; with 4 MiB kept, most batches were read back from the file they were just
@@ -327,6 +347,8 @@ struct SpoolMetrics {
 /// The open batch's journal (see the module docs).
 struct Journal {
     file: Option<File>,
+    /// Generation of the records being written; records of older ones are stale.
+    generation: u64,
     /// Bytes past the magic: something to empty when the batch is sealed.
     used: bool,
     /// A write failed: logged once, retried with every reading.
@@ -523,6 +545,7 @@ impl Spool {
             inner: Mutex::new(inner),
             journal: Mutex::new(Journal {
                 file: None,
+                generation: 1,
                 used: false,
                 failing: false,
             }),
@@ -557,7 +580,7 @@ impl Spool {
         Ok((spool, rec))
     }
 
-    /// Creates an empty journal (magic only), replacing whatever was there.
+    /// Creates an empty journal (header only, generation 1), replacing whatever was there.
     fn open_journal(&self) -> Result<(), SpoolError> {
         let path = self.settings.dir.join(JOURNAL_FILE);
         let mut file = OpenOptions::new()
@@ -566,14 +589,10 @@ impl Spool {
             .truncate(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        file.write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
-        // Appends go to the end; emptying is `set_len(magic)`, after which the end is there.
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        file.write_all(&journal_header(1)).map_err(io_err(&path))?;
         let mut j = self.lock_journal();
         j.file = Some(file);
+        j.generation = 1;
         j.used = false;
         Ok(())
     }
@@ -612,12 +631,13 @@ impl Spool {
         let mut j = self.lock_journal();
         let Journal {
             file,
+            generation,
             used,
             failing,
         } = &mut *j;
         let Some(f) = file.as_mut() else { return };
-        let (header, payload) = record_parts(points, lines);
-        match write_all_vectored(f, &header, payload) {
+        let header = journal_record_header(*generation, points, lines);
+        match write_all_vectored(f, &header, lines) {
             Ok(()) => {
                 *used = true;
                 *failing = false;
@@ -632,18 +652,24 @@ impl Spool {
         }
     }
 
-    /// Empties the journal after its readings were sealed into a segment record.
+    /// Empties the journal after its readings were sealed into a segment record: a new
+    /// generation in the header, and the next record written over the first.
     fn clear_journal(&self) {
         let mut j = self.lock_journal();
         if !j.used {
             return;
         }
-        let Some(f) = j.file.as_ref() else { return };
-        if let Err(e) = f.set_len(SEGMENT_MAGIC.len() as u64) {
+        let next = j.generation + 1;
+        let Some(f) = j.file.as_mut() else { return };
+        let emptied = f
+            .write_all_at(&journal_header(next), 0)
+            .and_then(|()| f.seek(SeekFrom::Start(JOURNAL_HEADER as u64)));
+        if let Err(e) = emptied {
             self.metrics.io_errors.inc();
             tracing::warn!(error = %e, "cannot empty the spool journal (its batch may be sent twice after a crash)");
             return;
         }
+        j.generation = next;
         j.used = false;
     }
 
@@ -1107,9 +1133,98 @@ fn write_index(dir: &Path, (seg, off): (u64, u64)) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests;
 
-/// The good records of a journal as one batch (their lines in order), and whether it ended
-/// in damage (a torn last write).
-fn journal_batch(data: &[u8]) -> (Batch, bool) {
+/// The journal's header for `generation`.
+fn journal_header(generation: u64) -> [u8; JOURNAL_HEADER] {
+    let mut h = [0u8; JOURNAL_HEADER];
+    h[..8].copy_from_slice(JOURNAL_MAGIC);
+    h[8..].copy_from_slice(&generation.to_le_bytes());
+    h
+}
+
+/// CRC-32 of a journal record: generation, length, points, payload.
+fn journal_crc(generation: u64, len: u32, points: u32, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&generation.to_le_bytes());
+    h.update(&len.to_le_bytes());
+    h.update(&points.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// The header of a journal record of `generation` holding `payload`.
+fn journal_record_header(
+    generation: u64,
+    points: u32,
+    payload: &[u8],
+) -> [u8; JOURNAL_RECORD_HEADER] {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut h = [0u8; JOURNAL_RECORD_HEADER];
+    h[0..4].copy_from_slice(&len.to_le_bytes());
+    h[4..8].copy_from_slice(&journal_crc(generation, len, points, payload).to_le_bytes());
+    h[8..12].copy_from_slice(&points.to_le_bytes());
+    h[12..20].copy_from_slice(&generation.to_le_bytes());
+    h
+}
+
+/// Encodes one journal record of `generation` onto `out` (tests and the fuzz target).
+pub fn encode_journal_record(out: &mut Vec<u8>, generation: u64, points: u32, payload: &[u8]) {
+    out.extend_from_slice(&journal_record_header(generation, points, payload));
+    out.extend_from_slice(payload);
+}
+
+/// The open batch a journal holds: its records of the header's generation, in order, up to
+/// the first that is not one. Returns the batch and whether the journal ended in damage (a
+/// torn write, a flipped bit) rather than at its end (end of file, or an intact record of an
+/// older generation left from a longer batch). Never panics, whatever the bytes (fuzz target
+/// `spool_journal`).
+pub fn journal_batch(data: &[u8]) -> (Batch, bool) {
+    if data.starts_with(SEGMENT_MAGIC) {
+        return legacy_journal_batch(data);
+    }
+    let mut body = String::new();
+    let mut points = 0usize;
+    let generation = match data.get(..JOURNAL_HEADER) {
+        Some(h) if h.starts_with(JOURNAL_MAGIC) => {
+            u64::from_le_bytes(h[8..].try_into().unwrap_or_default())
+        }
+        _ => return (Batch { body, points }, !data.is_empty()),
+    };
+    let word =
+        |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
+    let mut at = JOURNAL_HEADER;
+    loop {
+        let Some(h) = data.get(at..at + JOURNAL_RECORD_HEADER) else {
+            // The end, or a header cut short by a torn write.
+            return (Batch { body, points }, at != data.len());
+        };
+        let (len, crc, n) = (word(h, 0), word(h, 4), word(h, 8));
+        let record_gen = u64::from_le_bytes(h[12..20].try_into().unwrap_or_default());
+        let start = at + JOURNAL_RECORD_HEADER;
+        let intact = len <= MAX_RECORD
+            && data
+                .get(start..start + len as usize)
+                .is_some_and(|p| journal_crc(record_gen, len, n, p) == crc);
+        if !intact {
+            return (Batch { body, points }, true);
+        }
+        if record_gen != generation {
+            // Left over from an older, longer batch: already sealed into a segment.
+            return (Batch { body, points }, record_gen > generation);
+        }
+        let payload = &data[start..start + len as usize];
+        match std::str::from_utf8(payload) {
+            Ok(text) => {
+                body.push_str(text);
+                points += n as usize;
+            }
+            Err(_) => return (Batch { body, points }, true),
+        }
+        at = start + len as usize;
+    }
+}
+
+/// [`journal_batch`] for a journal in the segment format (written before generations).
+fn legacy_journal_batch(data: &[u8]) -> (Batch, bool) {
     let scan = scan_segment(data);
     let mut body = String::new();
     let mut points = 0usize;

@@ -373,3 +373,81 @@ async fn batches_read_back_from_disk_reuse_delivered_buffers_and_damage_is_still
     // Only the four past the memory window came from the file (the damaged one counts).
     assert_eq!(spool.metrics.read_back.get(), 4);
 }
+
+#[tokio::test]
+async fn records_of_a_longer_sealed_batch_left_in_the_journal_are_not_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |i: usize| format!("m,device=d{i} v={i} {i}\n");
+    let (spool, _) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
+    // A batch of five readings, journaled, then sealed.
+    for i in 0..5 {
+        spool.journal(line(i).as_bytes(), 1);
+    }
+    let sealed: String = (0..5).map(line).collect();
+    spool
+        .push(Arc::new(Batch {
+            body: sealed.clone(),
+            points: 5,
+        }))
+        .await
+        .unwrap();
+    // The next batch overwrites the journal from the start: two readings, then killed.
+    spool.journal(line(5).as_bytes(), 1);
+    spool.journal(line(6).as_bytes(), 1);
+    let path = dir.path().join(JOURNAL_FILE);
+    let journal_len = fs::metadata(&path).unwrap().len();
+    drop(spool);
+    let one = (JOURNAL_RECORD_HEADER + line(0).len()) as u64;
+    assert_eq!(
+        journal_len,
+        JOURNAL_HEADER as u64 + 5 * one,
+        "overwritten in place, not appended"
+    );
+    let reg = Registry::new();
+    let (spool, rec) = Spool::open(settings(dir.path()), &reg).unwrap();
+    assert_eq!((rec.batches, rec.points, rec.torn), (2, 7, 0));
+    assert_eq!(
+        drain(&spool).await,
+        vec![sealed, format!("{}{}", line(5), line(6))],
+        "the sealed batch once, then only the current generation's readings"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_record_of_the_current_generation_is_counted_before_older_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |i: usize| format!("m,device=d{i} v={i} {i}\n");
+    let (spool, _) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
+    for i in 0..4 {
+        spool.journal(line(i).as_bytes(), 1);
+    }
+    spool.push(batch(9)).await.unwrap();
+    spool.journal(line(4).as_bytes(), 1);
+    spool.journal(line(5).as_bytes(), 1);
+    drop(spool);
+    // A flipped bit in the second record of the current generation (older records follow).
+    let path = dir.path().join(JOURNAL_FILE);
+    let mut bytes = fs::read(&path).unwrap();
+    let second = JOURNAL_HEADER + JOURNAL_RECORD_HEADER + line(4).len();
+    bytes[second + JOURNAL_RECORD_HEADER + 3] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+    let (spool, rec) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
+    assert_eq!((rec.batches, rec.points, rec.torn), (2, 2, 1));
+    assert_eq!(drain(&spool).await, vec![line(9), line(4)]);
+}
+
+#[tokio::test]
+async fn a_journal_in_the_segment_format_of_older_versions_is_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |i: usize| format!("m,device=d{i} v={i} {i}\n");
+    let mut old = SEGMENT_MAGIC.to_vec();
+    encode_record(&mut old, 1, line(0).as_bytes());
+    encode_record(&mut old, 1, line(1).as_bytes());
+    fs::write(dir.path().join(JOURNAL_FILE), &old).unwrap();
+    let (spool, rec) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
+    assert_eq!((rec.batches, rec.points, rec.torn), (1, 2, 0));
+    assert_eq!(drain(&spool).await, vec![format!("{}{}", line(0), line(1))]);
+    // Replaced by a journal in the current format.
+    let now = fs::read(dir.path().join(JOURNAL_FILE)).unwrap();
+    assert!(now.starts_with(JOURNAL_MAGIC));
+}
