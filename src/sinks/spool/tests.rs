@@ -13,11 +13,23 @@ fn settings(dir: &Path) -> SpoolSettings {
     }
 }
 
+/// One line of line protocol, different for every `i`.
+fn line(i: usize) -> String {
+    format!("m,device=d{i} v={i} {i}\n")
+}
+
 fn batch(i: usize) -> Arc<Batch> {
     Arc::new(Batch {
-        body: format!("m,device=d{i} v={i} {i}\n"),
+        body: line(i),
         points: 1,
     })
+}
+
+/// Journals one reading per `i`, as the batcher does while a batch fills.
+fn journal_lines(spool: &Spool, range: std::ops::Range<usize>) {
+    for i in range {
+        spool.journal(line(i).as_bytes(), 1);
+    }
 }
 
 async fn drain(spool: &Arc<Spool>) -> Vec<String> {
@@ -242,15 +254,12 @@ proptest! {
 #[tokio::test]
 async fn the_open_batch_survives_a_killed_process_through_the_journal() {
     let dir = tempfile::tempdir().unwrap();
-    let line = |i: usize| format!("m,device=d{i} v={i} {i}\n");
     let reg = Registry::new();
     let (spool, _) = Spool::open(settings(dir.path()), &reg).unwrap();
     // Two sealed batches, then three readings of the batch being filled.
     spool.push(batch(0)).await.unwrap();
     spool.push(batch(1)).await.unwrap();
-    for i in 2..5 {
-        spool.journal(line(i).as_bytes(), 1);
-    }
+    journal_lines(&spool, 2..5);
     // Killed: no push, no close. (Dropping the handle writes nothing more.)
     drop(spool);
     let reg = Registry::new();
@@ -284,11 +293,8 @@ async fn the_open_batch_survives_a_killed_process_through_the_journal() {
 #[tokio::test]
 async fn a_torn_journal_tail_is_cut_and_the_rest_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let line = |i: usize| format!("m,device=d{i} v={i} {i}\n");
     let (spool, _) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
-    for i in 0..3 {
-        spool.journal(line(i).as_bytes(), 1);
-    }
+    journal_lines(&spool, 0..3);
     drop(spool);
     // The last write was torn: 5 bytes short.
     let path = dir.path().join(JOURNAL_FILE);
@@ -377,12 +383,9 @@ async fn batches_read_back_from_disk_reuse_delivered_buffers_and_damage_is_still
 #[tokio::test]
 async fn records_of_a_longer_sealed_batch_left_in_the_journal_are_not_recovered() {
     let dir = tempfile::tempdir().unwrap();
-    let line = |i: usize| format!("m,device=d{i} v={i} {i}\n");
     let (spool, _) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
     // A batch of five readings, journaled, then sealed.
-    for i in 0..5 {
-        spool.journal(line(i).as_bytes(), 1);
-    }
+    journal_lines(&spool, 0..5);
     let sealed: String = (0..5).map(line).collect();
     spool
         .push(Arc::new(Batch {
@@ -392,8 +395,7 @@ async fn records_of_a_longer_sealed_batch_left_in_the_journal_are_not_recovered(
         .await
         .unwrap();
     // The next batch overwrites the journal from the start: two readings, then killed.
-    spool.journal(line(5).as_bytes(), 1);
-    spool.journal(line(6).as_bytes(), 1);
+    journal_lines(&spool, 5..7);
     let path = dir.path().join(JOURNAL_FILE);
     let journal_len = fs::metadata(&path).unwrap().len();
     drop(spool);
@@ -416,14 +418,10 @@ async fn records_of_a_longer_sealed_batch_left_in_the_journal_are_not_recovered(
 #[tokio::test]
 async fn a_damaged_record_of_the_current_generation_is_counted_before_older_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let line = |i: usize| format!("m,device=d{i} v={i} {i}\n");
     let (spool, _) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
-    for i in 0..4 {
-        spool.journal(line(i).as_bytes(), 1);
-    }
+    journal_lines(&spool, 0..4);
     spool.push(batch(9)).await.unwrap();
-    spool.journal(line(4).as_bytes(), 1);
-    spool.journal(line(5).as_bytes(), 1);
+    journal_lines(&spool, 4..6);
     drop(spool);
     // A flipped bit in the second record of the current generation (older records follow).
     let path = dir.path().join(JOURNAL_FILE);
@@ -439,7 +437,6 @@ async fn a_damaged_record_of_the_current_generation_is_counted_before_older_ones
 #[tokio::test]
 async fn a_journal_in_the_segment_format_of_older_versions_is_recovered() {
     let dir = tempfile::tempdir().unwrap();
-    let line = |i: usize| format!("m,device=d{i} v={i} {i}\n");
     let mut old = SEGMENT_MAGIC.to_vec();
     encode_record(&mut old, 1, line(0).as_bytes());
     encode_record(&mut old, 1, line(1).as_bytes());
