@@ -38,10 +38,11 @@
 //! generation, `len`, `points` and the payload. Overwriting pages the file already has is
 //! several times cheaper than truncating it and appending again (ext4 allocated blocks
 //! for every appended page, about 15 µs per 75 KB write against 3 µs in place). A journal
-//! left by an older version (segment format, magic `GWSPOOL1`) is still read. Against a power cut the journal
-//! is as good as the last fsync of the [`Fsync::Interval`] syncer (or nothing with
-//! [`Fsync::EveryBatch`], which fsyncs sealed batches, not single readings): a power cut
-//! can lose the open batch, a process kill cannot.
+//! left by an older version (segment format, magic `GWSPOOL1`) is still read.
+//!
+//! Against a power cut the journal is as good as the last fsync of the [`Fsync::Interval`]
+//! syncer (or nothing with [`Fsync::EveryBatch`], which fsyncs sealed batches, not single
+//! readings): a power cut can lose the open batch, a process kill cannot.
 //!
 //! The *index* file `ack` holds the position of the oldest unacknowledged record
 //! (segment id, byte offset, CRC-32 of both). It is rewritten (write, rename) after every
@@ -83,10 +84,11 @@ const JOURNAL_HEADER: usize = 16;
 /// Bytes of a journal record's header: length, CRC, point count, generation.
 const JOURNAL_RECORD_HEADER: usize = 20;
 /// Bytes of recently appended batches the spool keeps in memory for the writer. At 10,000
-/// devices × 50 values the writer trails a store on the same two cores by about ten 1 MiB
-/// batches; with 4 MiB kept, most batches were read back from the file they were just
-/// written to (2.6 % of the daemon's CPU in a profile). 16 MiB covers that lag for 16 MB of
-/// memory; a store that is down still only costs disk.
+/// devices × 50 values a store on the same two cores falls behind by tens of 1.4 MB
+/// batches while it registers new series and then works the backlog off over a minute;
+/// with 4 MiB kept, those batches were read back from the file they had just been written
+/// to (2.6 % of the daemon's CPU in a profile). 16 MiB serves a lag of ~11 batches from
+/// memory for 16 MB of RSS; a store that is down still only costs disk.
 const RECENT_BYTES: usize = 16 << 20;
 /// Bodies of delivered batches kept for the next batch read back or sealed.
 const POOL_BUFFERS: usize = 2;
@@ -349,7 +351,7 @@ struct Journal {
     file: Option<File>,
     /// Generation of the records being written; records of older ones are stale.
     generation: u64,
-    /// Bytes past the magic: something to empty when the batch is sealed.
+    /// Records of this generation were written: something to empty when the batch is sealed.
     used: bool,
     /// A write failed: logged once, retried with every reading.
     failing: bool,
