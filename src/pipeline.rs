@@ -295,7 +295,7 @@ impl ReadingRx {
         }
     }
 
-    /// Moves queued readings into `buf` until it holds `max`, without waiting.
+    /// Takes queued readings into `buf` until it holds `max`, without waiting.
     fn take_queued(&mut self, buf: &mut Chunk, max: usize) {
         while buf.len() < max {
             let (batch, at) = match self.rest.take() {

@@ -266,7 +266,13 @@ fn header_words(header: &[u8]) -> (u32, u32, u32) {
 }
 
 fn record_crc(len: u32, points: u32, payload: &[u8]) -> u32 {
+    crc_after(&[], len, points, payload)
+}
+
+/// CRC-32 over `prefix` (a journal record's generation), `len`, `points` and the payload.
+fn crc_after(prefix: &[u8], len: u32, points: u32, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
+    h.update(prefix);
     h.update(&len.to_le_bytes());
     h.update(&points.to_le_bytes());
     h.update(payload);
@@ -275,6 +281,15 @@ fn record_crc(len: u32, points: u32, payload: &[u8]) -> u32 {
 
 /// A record's header and the part of `payload` it covers.
 fn record_parts(points: u32, payload: &[u8]) -> ([u8; RECORD_HEADER], &[u8]) {
+    record_parts_after(&[], points, payload)
+}
+
+/// [`record_parts`] with `crc_prefix` covered by the CRC ahead of the header's words.
+fn record_parts_after<'a>(
+    crc_prefix: &[u8],
+    points: u32,
+    payload: &'a [u8],
+) -> ([u8; RECORD_HEADER], &'a [u8]) {
     // A batch is far below 4 GiB; the cap keeps a bogus one from wrapping the length.
     let len = u32::try_from(payload.len())
         .unwrap_or(u32::MAX)
@@ -282,7 +297,7 @@ fn record_parts(points: u32, payload: &[u8]) -> ([u8; RECORD_HEADER], &[u8]) {
     let payload = &payload[..len as usize];
     let mut header = [0u8; RECORD_HEADER];
     header[0..4].copy_from_slice(&len.to_le_bytes());
-    header[4..8].copy_from_slice(&record_crc(len, points, payload).to_le_bytes());
+    header[4..8].copy_from_slice(&crc_after(crc_prefix, len, points, payload).to_le_bytes());
     header[8..12].copy_from_slice(&points.to_le_bytes());
     (header, payload)
 }
@@ -638,8 +653,8 @@ impl Spool {
             failing,
         } = &mut *j;
         let Some(f) = file.as_mut() else { return };
-        let header = journal_record_header(*generation, points, lines);
-        match write_all_vectored(f, &header, lines) {
+        let (header, payload) = journal_record_parts(*generation, points, lines);
+        match write_all_vectored(f, &header, payload) {
             Ok(()) => {
                 *used = true;
                 *failing = false;
@@ -1143,34 +1158,25 @@ fn journal_header(generation: u64) -> [u8; JOURNAL_HEADER] {
     h
 }
 
-/// CRC-32 of a journal record: generation, length, points, payload.
-fn journal_crc(generation: u64, len: u32, points: u32, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&generation.to_le_bytes());
-    h.update(&len.to_le_bytes());
-    h.update(&points.to_le_bytes());
-    h.update(payload);
-    h.finalize()
-}
-
-/// The header of a journal record of `generation` holding `payload`.
-fn journal_record_header(
+/// A journal record's header (a segment record's, its CRC also covering the generation,
+/// then the generation) and the part of `payload` it covers.
+fn journal_record_parts(
     generation: u64,
     points: u32,
     payload: &[u8],
-) -> [u8; JOURNAL_RECORD_HEADER] {
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+) -> ([u8; JOURNAL_RECORD_HEADER], &[u8]) {
+    let gen_bytes = generation.to_le_bytes();
+    let (words, payload) = record_parts_after(&gen_bytes, points, payload);
     let mut h = [0u8; JOURNAL_RECORD_HEADER];
-    h[0..4].copy_from_slice(&len.to_le_bytes());
-    h[4..8].copy_from_slice(&journal_crc(generation, len, points, payload).to_le_bytes());
-    h[8..12].copy_from_slice(&points.to_le_bytes());
-    h[12..20].copy_from_slice(&generation.to_le_bytes());
-    h
+    h[..RECORD_HEADER].copy_from_slice(&words);
+    h[RECORD_HEADER..].copy_from_slice(&gen_bytes);
+    (h, payload)
 }
 
 /// Encodes one journal record of `generation` onto `out` (tests and the fuzz target).
 pub fn encode_journal_record(out: &mut Vec<u8>, generation: u64, points: u32, payload: &[u8]) {
-    out.extend_from_slice(&journal_record_header(generation, points, payload));
+    let (header, payload) = journal_record_parts(generation, points, payload);
+    out.extend_from_slice(&header);
     out.extend_from_slice(payload);
 }
 
@@ -1191,21 +1197,20 @@ pub fn journal_batch(data: &[u8]) -> (Batch, bool) {
         }
         _ => return (Batch { body, points }, !data.is_empty()),
     };
-    let word =
-        |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or_default());
     let mut at = JOURNAL_HEADER;
     loop {
         let Some(h) = data.get(at..at + JOURNAL_RECORD_HEADER) else {
             // The end, or a header cut short by a torn write.
             return (Batch { body, points }, at != data.len());
         };
-        let (len, crc, n) = (word(h, 0), word(h, 4), word(h, 8));
-        let record_gen = u64::from_le_bytes(h[12..20].try_into().unwrap_or_default());
+        let (len, crc, n) = header_words(h);
+        let gen_bytes = &h[RECORD_HEADER..];
+        let record_gen = u64::from_le_bytes(gen_bytes.try_into().unwrap_or_default());
         let start = at + JOURNAL_RECORD_HEADER;
         let intact = len <= MAX_RECORD
             && data
                 .get(start..start + len as usize)
-                .is_some_and(|p| journal_crc(record_gen, len, n, p) == crc);
+                .is_some_and(|p| crc_after(gen_bytes, len, n, p) == crc);
         if !intact {
             return (Batch { body, points }, true);
         }
