@@ -2,7 +2,8 @@
 # scripts/bench.sh — gridwatch's load and speed figures, printed as ONE JSON object on stdout
 # (progress goes to stderr). The same steps every time:
 #
-#   1. cargo build --release (gridwatch, gridwatch-sim, bare-poller)
+#   1. the Debian packages it runs (victoria-metrics, mosquitto, curl; scripts/packages.sh),
+#      then cargo build --release (gridwatch, gridwatch-sim, bare-poller)
 #   2. VictoriaMetrics on a free loopback port (scripts/services.sh, its own temp dir)
 #   3. for each device count N (default 1000 5000 10000):
 #        gridwatch-sim load: N/100 gateway ports × 100 unit ids, bench-50 map (60 registers,
@@ -85,6 +86,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# ------------------------------------------------------------------ packages
+# The store and the broker come from Debian, as for the tests: a fresh machine has only the
+# Rust toolchain.
+# shellcheck source=scripts/packages.sh
+source "$REPO/scripts/packages.sh"
+install_packages victoria-metrics mosquitto curl >&2
+
 # ------------------------------------------------------------------ build
 if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then
     log "building release binaries"
@@ -136,7 +144,8 @@ VM_PID=$(cat "$GW_ROOT/vm/victoria-metrics.pid")
 log "VictoriaMetrics at $VM_URL"
 
 # One bare-poller window on the harness of scenario DIR: DIR/NAME.json ("{}" when SECONDS is
-# 0), with steal and time marks before and after it appended to DIR/MARKS.
+# 0), with steal, time and the store's CPU marks before and after it appended to DIR/MARKS
+# (the store merges in the background after a daemon window, competing with the client).
 run_bare() {
     local dir=$1 name=$2 marks=$3 seconds=$4 when=$5
     if ((seconds == 0)); then
@@ -144,10 +153,10 @@ run_bare() {
         return
     fi
     log "modbus: bare-poller on the harness $when, ${seconds}s"
-    echo "$(steal_s) $(now_s)" >>"$dir/$marks"
+    echo "$(steal_s) $(now_s) $(cpu_s "$VM_PID")" >>"$dir/$marks"
     "$BIN/bare-poller" --addrs-file "$dir/addrs" --units "$UNITS" --interval "$INTERVAL" \
         --warmup 3s --duration "${seconds}s" >"$dir/$name.json" 2>"$dir/$name.log"
-    echo "$(steal_s) $(now_s)" >>"$dir/$marks"
+    echo "$(steal_s) $(now_s) $(cpu_s "$VM_PID")" >>"$dir/$marks"
 }
 
 # ------------------------------------------------------------------ Modbus scenarios
@@ -317,6 +326,15 @@ def steal_pct(a, b, name="steal.txt"):
     if len(marks) <= b:
         return None
     return r(100 * (marks[b][0] - marks[a][0]) / max(marks[b][1] - marks[a][1], 1e-9) / ncpu, 1)
+def store_pct(a, b, name):
+    # The store's CPU over a bare-client window, in % of one core (third column of the marks).
+    try:
+        marks = [tuple(map(float, l.split())) for l in open(f"{d}/{name}")]
+    except FileNotFoundError:
+        return None
+    if len(marks) <= b or len(marks[a]) < 3 or len(marks[b]) < 3:
+        return None
+    return r(100 * (marks[b][2] - marks[a][2]) / max(marks[b][1] - marks[a][1], 1e-9), 1)
 print(json.dumps({
     "devices": n,
     "mode": mode,
@@ -347,6 +365,8 @@ print(json.dumps({
     "steal_pct": steal_pct(0, 1),
     "bare_steal_pct": steal_pct(2, 3),
     "bare_before_steal_pct": steal_pct(0, 1, "steal0.txt"),
+    "bare_store_cpu_pct_of_core": store_pct(2, 3, "steal.txt"),
+    "bare_before_store_cpu_pct_of_core": store_pct(0, 1, "steal0.txt"),
     "bare_before": {k: r(v, 3) if isinstance(v, float) else v for k, v in bare_before.items()},
     "bare": {k: r(v, 3) if isinstance(v, float) else v for k, v in bare.items()},
     "bare_cpu_us_per_poll_mean": r(bare_per_poll, 3),
