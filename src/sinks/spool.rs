@@ -20,6 +20,16 @@
 //! (`gridwatch_spool_torn_records_total`); later segments are replayed normally, so one bad
 //! tail never blocks the rest and is never sent as garbage.
 //!
+//! Every append also writes an *end mark* (12 zero bytes, which no record header is) after
+//! its record, and the next record overwrites it. That lets a segment live in a file longer
+//! than its data: the files of delivered segments are kept (up to two, named `*.free`) and
+//! reused for the next segments, overwritten in place, because writing into pages the page
+//! cache already holds is several times cheaper than appending to a new file (a fresh page
+//! per 4 KiB). A reused file is emptied (magic, end mark) before it is renamed to its new
+//! segment name, so a crash never shows its old, delivered records as a segment's. After a
+//! power cut the end mark may not have reached the disk while its record did; then older
+//! records that follow may be sent again — the at-least-once case of the index below.
+//!
 //! The *journal* file `open.journal` holds the batch the batcher is still filling: every
 //! chunk of readings is written to it as its own record the moment it is encoded
 //! ([`Spool::journal`]), without fsync — a killed process leaves it in the OS page cache, so
@@ -92,6 +102,16 @@ const JOURNAL_RECORD_HEADER: usize = 20;
 const RECENT_BYTES: usize = 16 << 20;
 /// Bodies of delivered batches kept for the next batch read back or sealed.
 const POOL_BUFFERS: usize = 2;
+/// Written after the last record of a segment: where its data ends in a file that is longer
+/// (a recycled one). No record header is all zeros (its CRC covers the length and count).
+const END_MARK: [u8; RECORD_HEADER] = [0; RECORD_HEADER];
+/// Emptied segment files kept for reuse ([`FREE_SUFFIX`]). Appending to a new file costs
+/// the page cache a fresh page for every 4 KiB, which made appends 6× dearer than
+/// overwriting the pages of a file written seconds before (320 against 52 µs per 1.5 MB on
+/// the bench VM) and the segment append 12 % of the daemon's CPU at 10,000 devices.
+const FREE_SEGMENTS: usize = 2;
+/// Name suffix of an emptied segment file waiting to be reused (never read as data).
+const FREE_SUFFIX: &str = ".free";
 
 /// What can go wrong with the spool.
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +228,9 @@ pub fn scan_segment(data: &[u8]) -> Scan {
     let mut pos = SEGMENT_MAGIC.len();
     let damage = loop {
         let rest = &data[pos..];
-        if rest.is_empty() {
+        // The end mark (or what a cut-short write left of it) ends the data; a recycled
+        // file's older bytes may follow.
+        if rest.iter().take(RECORD_HEADER).all(|&b| b == 0) {
             break None;
         }
         match decode_record(rest) {
@@ -338,6 +360,8 @@ struct Segment {
 
 struct Inner {
     segments: VecDeque<Segment>,
+    /// Emptied segment files kept for reuse.
+    free: Vec<PathBuf>,
     /// The segment being appended to: its id and open file (the last of `segments`).
     open: Option<(u64, File)>,
     next_id: u64,
@@ -411,6 +435,10 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
 }
 
+fn free_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}{FREE_SUFFIX}"))
+}
+
 fn parse_segment_name(name: &str) -> Option<u64> {
     name.strip_suffix(".seg")?.parse().ok()
 }
@@ -478,17 +506,34 @@ impl Spool {
             ),
         };
         let index = read_index(&dir);
-        let mut ids: Vec<u64> = fs::read_dir(&dir)
+        let names: Vec<String> = fs::read_dir(&dir)
             .map_err(io_err(&dir))?
             .filter_map(|e| e.ok())
-            .filter_map(|e| parse_segment_name(e.file_name().to_str()?))
+            .filter_map(|e| e.file_name().into_string().ok())
             .collect();
+        let mut ids: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
         ids.sort_unstable();
+        // Emptied segment files of the last run: kept for reuse, up to FREE_SEGMENTS.
+        let mut free = Vec::new();
+        for name in names.iter().filter(|n| n.ends_with(FREE_SUFFIX)) {
+            let path = dir.join(name);
+            if free.len() < FREE_SEGMENTS {
+                free.push(path);
+            } else {
+                remove(&path);
+            }
+        }
         let mut rec = Recovered::default();
+        // Past the kept files' ids too: a retired segment's `.free` name must be new.
+        let last_free = names
+            .iter()
+            .filter_map(|n| n.strip_suffix(FREE_SUFFIX)?.parse::<u64>().ok())
+            .max();
         let mut inner = Inner {
             segments: VecDeque::new(),
+            free,
             open: None,
-            next_id: ids.last().map_or(1, |l| l + 1),
+            next_id: ids.last().copied().max(last_free).map_or(1, |l| l + 1),
             disk_bytes: 0,
             pending_points: 0,
             pending_batches: 0,
@@ -772,17 +817,7 @@ impl Spool {
             self.close_open(&mut inner)?;
             let id = inner.next_id;
             inner.next_id += 1;
-            let path = segment_path(&self.settings.dir, id);
-            let mut file = OpenOptions::new()
-                .create_new(true)
-                .append(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            file.write_all(SEGMENT_MAGIC).map_err(io_err(&path))?;
-            if self.settings.fsync == Fsync::EveryBatch {
-                // The new directory entry must survive too, not only the file's bytes.
-                sync_dir(&self.settings.dir);
-            }
+            let file = self.new_segment_file(&mut inner, id)?;
             inner.open = Some((id, file));
             inner.disk_bytes += SEGMENT_MAGIC.len() as u64;
             inner.segments.push_back(Segment {
@@ -797,7 +832,14 @@ impl Spool {
                 return Err(SpoolError::Task("no open segment".into()));
             };
             let path = segment_path(&self.settings.dir, *id);
-            match write_all_vectored(file, &header, payload) {
+            // At the record's place, not the file's end: a recycled file is longer.
+            let at = seg.bytes;
+            let data_end = at + (header.len() + payload.len()) as u64;
+            let wrote = file
+                .write_all_at(&header, at)
+                .and_then(|()| file.write_all_at(payload, at + header.len() as u64))
+                .and_then(|()| file.write_all_at(&END_MARK, data_end));
+            match wrote {
                 Ok(()) => {
                     if self.settings.fsync == Fsync::EveryBatch
                         && let Err(e) = file.sync_data()
@@ -854,6 +896,73 @@ impl Spool {
         // journal forget it; a crash in between sends it twice, never zero times.
         self.clear_journal();
         Ok(())
+    }
+
+    /// The file of new segment `id`, holding the magic and an end mark: an emptied segment's
+    /// file when one is kept (its pages are still in the page cache), else a new one.
+    fn new_segment_file(&self, inner: &mut Inner, id: u64) -> Result<File, SpoolError> {
+        let dir = &self.settings.dir;
+        let path = segment_path(dir, id);
+        let every_batch = self.settings.fsync == Fsync::EveryBatch;
+        let mut head = [0u8; SEGMENT_MAGIC.len() + RECORD_HEADER];
+        head[..SEGMENT_MAGIC.len()].copy_from_slice(SEGMENT_MAGIC);
+        while let Some(free) = inner.free.pop() {
+            // Emptied first, renamed after: a crash in between leaves a `.free` file, never
+            // a segment holding batches that were already delivered.
+            let reused = OpenOptions::new()
+                .write(true)
+                .open(&free)
+                .and_then(|f| {
+                    f.write_all_at(&head, 0)?;
+                    if every_batch {
+                        f.sync_data()?;
+                    }
+                    Ok(f)
+                })
+                .and_then(|f| fs::rename(&free, &path).map(|()| f));
+            match reused {
+                Ok(f) => {
+                    if every_batch {
+                        sync_dir(dir);
+                    }
+                    return Ok(f);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %free.display(), error = %e, "cannot reuse an emptied spool segment; deleting it");
+                    remove(&free);
+                }
+            }
+        }
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.write_all_at(&head, 0).map_err(io_err(&path))?;
+        if every_batch {
+            // The new directory entry must survive too, not only the file's bytes.
+            sync_dir(dir);
+        }
+        Ok(file)
+    }
+
+    /// Deletes the file of a segment whose batches were all delivered, or keeps it under
+    /// a [`FREE_SUFFIX`] name for the next segment (up to [`FREE_SEGMENTS`] files).
+    fn retire(&self, inner: &mut Inner, id: u64) {
+        let path = segment_path(&self.settings.dir, id);
+        if inner.free.len() < FREE_SEGMENTS {
+            let free = free_path(&self.settings.dir, id);
+            match fs::rename(&path, &free) {
+                Ok(()) => {
+                    inner.free.push(free);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot keep an emptied spool segment for reuse");
+                }
+            }
+        }
+        remove(&path);
     }
 
     fn close_open(&self, inner: &mut Inner) -> Result<(), SpoolError> {
@@ -988,7 +1097,7 @@ impl Spool {
             && let Some(seg) = inner.segments.remove(pos)
         {
             inner.disk_bytes -= seg.bytes;
-            remove(&segment_path(&self.settings.dir, seg.id));
+            self.retire(&mut inner, seg.id);
         }
         let next = inner
             .segments

@@ -94,11 +94,11 @@ async fn torn_last_record_is_truncated_counted_and_the_rest_replayed() {
         drop(spool);
         let segs = segments(dir.path());
         let last = segs.last().unwrap();
-        let len = fs::metadata(last).unwrap().len();
         let scan = scan_segment(&fs::read(last).unwrap());
         let last_rec = *scan.records.last().unwrap();
-        // Cut at a random byte inside the last record (header or payload).
-        let cut = last_rec.offset + 1 + (seed * 7919) % (len - last_rec.offset - 1);
+        // Cut at a random byte inside the last record (header or payload), before the end
+        // mark that follows it.
+        let cut = last_rec.offset + 1 + (seed * 7919) % (last_rec.end() - last_rec.offset - 1);
         OpenOptions::new()
             .write(true)
             .open(last)
@@ -447,4 +447,105 @@ async fn a_journal_in_the_segment_format_of_older_versions_is_recovered() {
     // Replaced by a journal in the current format.
     let now = fs::read(dir.path().join(JOURNAL_FILE)).unwrap();
     assert!(now.starts_with(JOURNAL_MAGIC));
+}
+
+/// The inode of every file in `dir` whose name ends in `suffix`.
+fn inodes(dir: &Path, suffix: &str) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .map(|e| e.metadata().unwrap().ino())
+        .collect()
+}
+
+/// Batches of one size, so the old records of a reused file line up exactly with where new
+/// ones end: only the end mark tells them apart.
+fn sized(i: usize) -> Arc<Batch> {
+    Arc::new(Batch {
+        body: format!("m,device=d{i:04} v={i:04} {i:04}\n"),
+        points: 1,
+    })
+}
+
+/// Fills four segments and more, delivers everything, then spools `again` batches: enough
+/// to fill the open segment and start one in a kept file, not enough to fill that. Returns
+/// the inodes of the kept files.
+async fn deliver_then_spool(dir: &Path, again: std::ops::Range<usize>) -> Vec<u64> {
+    let (spool, _) = Spool::open(settings(dir), &Registry::new()).unwrap();
+    for i in 0..400 {
+        spool.push(sized(i)).await.unwrap();
+    }
+    assert!(segments(dir).len() >= 4);
+    assert_eq!(drain(&spool).await.len(), 400);
+    let kept = inodes(dir, FREE_SUFFIX);
+    assert_eq!(kept.len(), FREE_SEGMENTS, "emptied files kept for reuse");
+    for i in again {
+        spool.push(sized(i)).await.unwrap();
+    }
+    kept
+}
+
+#[tokio::test]
+async fn emptied_segment_files_are_reused_and_their_old_batches_never_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let kept = deliver_then_spool(dir.path(), 1000..1150).await;
+    let last = segments(dir.path()).pop().unwrap();
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        assert!(
+            kept.contains(&fs::metadata(&last).unwrap().ino()),
+            "written into a kept file"
+        );
+    }
+    let data = fs::read(&last).unwrap();
+    let scan = scan_segment(&data);
+    assert!(
+        data.len() as u64 > scan.valid_len + RECORD_HEADER as u64,
+        "older records follow the new ones"
+    );
+    let reg = Registry::new();
+    let (spool, rec) = Spool::open(settings(dir.path()), &reg).unwrap();
+    assert_eq!((rec.batches, rec.torn), (150, 0), "{rec:?}");
+    assert_eq!(reg.counter_total("gridwatch_spool_torn_records_total"), 0);
+    let want: Vec<String> = (1000..1150).map(|i| sized(i).body.clone()).collect();
+    assert_eq!(drain(&spool).await, want);
+}
+
+#[tokio::test]
+async fn a_torn_record_in_a_reused_file_is_counted_and_older_records_stay_out() {
+    let dir = tempfile::tempdir().unwrap();
+    deliver_then_spool(dir.path(), 1000..1150).await;
+    let last = segments(dir.path()).pop().unwrap();
+    let mut data = fs::read(&last).unwrap();
+    let r = *scan_segment(&data).records.last().unwrap();
+    // A flipped byte in the newest record's payload.
+    data[(r.offset + RECORD_HEADER as u64) as usize] ^= 0x20;
+    fs::write(&last, &data).unwrap();
+    let (spool, rec) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
+    assert_eq!((rec.batches, rec.torn), (149, 1));
+    let want: Vec<String> = (1000..1149).map(|i| sized(i).body.clone()).collect();
+    assert_eq!(drain(&spool).await, want);
+}
+
+#[test]
+fn an_end_mark_ends_a_segment_without_damage() {
+    let mut data = SEGMENT_MAGIC.to_vec();
+    encode_record(&mut data, 1, line(0).as_bytes());
+    let end = data.len() as u64;
+    data.extend_from_slice(&END_MARK);
+    // What an older segment left behind the mark: an intact record.
+    encode_record(&mut data, 1, line(1).as_bytes());
+    let scan = scan_segment(&data);
+    assert_eq!(
+        (scan.records.len(), scan.valid_len, scan.damage),
+        (1, end, None)
+    );
+    // A mark cut short by a killed write ends it too.
+    let scan = scan_segment(&data[..end as usize + 5]);
+    assert_eq!((scan.records.len(), scan.damage), (1, None));
+    // Anything else there is damage.
+    data[end as usize] = 1;
+    assert!(scan_segment(&data).damage.is_some());
 }
