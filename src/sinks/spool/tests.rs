@@ -549,3 +549,32 @@ fn an_end_mark_ends_a_segment_without_damage() {
     data[end as usize] = 1;
     assert!(scan_segment(&data).damage.is_some());
 }
+
+#[tokio::test]
+async fn kept_files_of_a_previous_run_are_reused_and_new_ids_pass_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    // What a run that delivered everything leaves: kept files, one of them holding the
+    // records of segment 8, and no segment.
+    fs::write(dir.path().join(format!("{:020}{FREE_SUFFIX}", 7)), b"junk").unwrap();
+    let mut old = SEGMENT_MAGIC.to_vec();
+    encode_record(&mut old, 1, line(1).as_bytes());
+    fs::write(dir.path().join(format!("{:020}{FREE_SUFFIX}", 8)), &old).unwrap();
+    let (spool, rec) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
+    assert_eq!(rec, Recovered::default(), "kept files hold no data");
+    spool.push(batch(100)).await.unwrap();
+    let first = segments(dir.path());
+    assert_eq!(first.len(), 1);
+    assert!(
+        first[0].ends_with(format!("{:020}.seg", 9)),
+        "new ids start past the kept files': {first:?}"
+    );
+    assert_eq!(
+        inodes(dir.path(), FREE_SUFFIX).len(),
+        1,
+        "one kept file reused"
+    );
+    drop(spool);
+    let (spool, rec) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
+    assert_eq!((rec.batches, rec.torn), (1, 0));
+    assert_eq!(drain(&spool).await, vec![line(100)]);
+}
