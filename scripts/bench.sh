@@ -318,23 +318,21 @@ r = lambda x, k=2: None if x is None else round(x, k)
 # machine (all CPUs): above a few % the figures of that scenario are not comparable.
 import os
 ncpu = os.cpu_count() or 1
+def mark_rate(a, b, name, col, per):
+    # Growth of column COL of the marks file NAME between lines A and B, per second of
+    # wall clock (column 1), in % of PER CPUs: steal (column 0, all CPUs) or the store's
+    # CPU over a bare-client window (column 2, one core).
+    try:
+        marks = [tuple(map(float, l.split())) for l in open(f"{d}/{name}")]
+    except FileNotFoundError:
+        return None
+    if len(marks) <= b or len(marks[a]) <= col or len(marks[b]) <= col:
+        return None
+    return r(100 * (marks[b][col] - marks[a][col]) / max(marks[b][1] - marks[a][1], 1e-9) / per, 1)
 def steal_pct(a, b, name="steal.txt"):
-    try:
-        marks = [tuple(map(float, l.split())) for l in open(f"{d}/{name}")]
-    except FileNotFoundError:
-        return None
-    if len(marks) <= b:
-        return None
-    return r(100 * (marks[b][0] - marks[a][0]) / max(marks[b][1] - marks[a][1], 1e-9) / ncpu, 1)
+    return mark_rate(a, b, name, 0, ncpu)
 def store_pct(a, b, name):
-    # The store's CPU over a bare-client window, in % of one core (third column of the marks).
-    try:
-        marks = [tuple(map(float, l.split())) for l in open(f"{d}/{name}")]
-    except FileNotFoundError:
-        return None
-    if len(marks) <= b or len(marks[a]) < 3 or len(marks[b]) < 3:
-        return None
-    return r(100 * (marks[b][2] - marks[a][2]) / max(marks[b][1] - marks[a][1], 1e-9), 1)
+    return mark_rate(a, b, name, 2, 1)
 print(json.dumps({
     "devices": n,
     "mode": mode,

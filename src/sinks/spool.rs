@@ -332,7 +332,7 @@ pub fn encode_record(out: &mut Vec<u8>, points: u32, payload: &[u8]) {
 }
 
 /// Writes a header and a payload with as few `writev` calls as the OS allows, without
-/// first copying a megabyte batch behind its 12-byte header.
+/// first copying the payload behind its header.
 fn write_all_vectored(f: &mut File, header: &[u8], payload: &[u8]) -> std::io::Result<()> {
     let mut parts = [
         std::io::IoSlice::new(header),
@@ -513,9 +513,15 @@ impl Spool {
             .collect();
         let mut ids: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
         ids.sort_unstable();
-        // Emptied segment files of the last run: kept for reuse, up to FREE_SEGMENTS.
+        // Emptied segment files of the last run: kept for reuse, up to FREE_SEGMENTS. New
+        // ids start past theirs too, so a retired segment's `.free` name is always new.
         let mut free = Vec::new();
+        let mut last_free = None;
         for name in names.iter().filter(|n| n.ends_with(FREE_SUFFIX)) {
+            let id = name
+                .strip_suffix(FREE_SUFFIX)
+                .and_then(|n| n.parse::<u64>().ok());
+            last_free = last_free.max(id);
             let path = dir.join(name);
             if free.len() < FREE_SEGMENTS {
                 free.push(path);
@@ -524,11 +530,6 @@ impl Spool {
             }
         }
         let mut rec = Recovered::default();
-        // Past the kept files' ids too: a retired segment's `.free` name must be new.
-        let last_free = names
-            .iter()
-            .filter_map(|n| n.strip_suffix(FREE_SUFFIX)?.parse::<u64>().ok())
-            .max();
         let mut inner = Inner {
             segments: VecDeque::new(),
             free,
