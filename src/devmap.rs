@@ -19,53 +19,77 @@ const EMPTY: u32 = u32::MAX;
 /// Slots above this use the id index (a stray slot must not allocate a huge vector).
 const MAX_SLOTS: usize = 1 << 22;
 
+/// Who an entry belongs to. Kept apart from the values: the hot path compares addresses in
+/// `by_slot` and then touches only the value, not a line of names and handles before it.
 #[derive(Debug)]
-struct Entry<V> {
+struct Key {
     id: String,
-    /// The device this entry's slot was linked from (None for an entry made by id).
+    /// The device this entry's slot was linked from (None for an entry made by id). Holding
+    /// it keeps its address, which `by_slot` compares with, from being reused.
     device: Option<Arc<DeviceInfo>>,
-    value: V,
 }
+
+/// A slot's entry and the address of the device it was linked from.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    entry: u32,
+    device: usize,
+}
+
+const UNLINKED: Link = Link {
+    entry: EMPTY,
+    device: 0,
+};
 
 /// Per-device values, by device (fast, by slot) or by id.
 #[derive(Debug)]
 pub struct DeviceMap<V> {
-    entries: Vec<Entry<V>>,
+    values: Vec<V>,
+    keys: Vec<Key>,
     ids: foldhash::HashMap<String, u32>,
-    by_slot: Vec<u32>,
+    by_slot: Vec<Link>,
 }
 
 impl<V> Default for DeviceMap<V> {
     fn default() -> Self {
         DeviceMap {
-            entries: Vec::new(),
+            values: Vec::new(),
+            keys: Vec::new(),
             ids: Default::default(),
             by_slot: Vec::new(),
         }
     }
 }
 
+/// The address `by_slot` identifies a device by.
+fn address(d: &DeviceInfo) -> usize {
+    std::ptr::from_ref(d) as usize
+}
+
 impl<V> DeviceMap<V> {
     /// Number of devices held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.values.len()
     }
 
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.values.is_empty()
     }
 
     /// The entry linked at `d`'s slot, if it is `d`'s.
     fn at_slot(&self, d: &DeviceInfo) -> Option<usize> {
-        let i = *self.by_slot.get(d.slot.index()?)?;
-        let e = self.entries.get(i as usize)?;
-        let same = e
-            .device
-            .as_ref()
-            .is_some_and(|a| std::ptr::eq(Arc::as_ptr(a), d))
-            || e.id == d.id;
-        same.then_some(i as usize)
+        let link = *self.by_slot.get(d.slot.index()?)?;
+        if link.entry == EMPTY {
+            return None;
+        }
+        // Another handle of the same device (same id and slot) is the same device too.
+        let same = link.device == address(d)
+            || self
+                .keys
+                .get(link.entry as usize)
+                .is_some_and(|k| k.id == d.id);
+        same.then_some(link.entry as usize)
     }
 
     fn find(&self, d: &DeviceInfo) -> Option<usize> {
@@ -76,13 +100,13 @@ impl<V> DeviceMap<V> {
     /// The value of `d`.
     pub fn get(&self, d: &DeviceInfo) -> Option<&V> {
         let i = self.find(d)?;
-        self.entries.get(i).map(|e| &e.value)
+        self.values.get(i)
     }
 
     /// The value of `d`, mutable.
     pub fn get_mut(&mut self, d: &DeviceInfo) -> Option<&mut V> {
         let i = self.find(d)?;
-        self.entries.get_mut(i).map(|e| &mut e.value)
+        self.values.get_mut(i)
     }
 
     /// The value of `d`, made by `make` if there is none; links `d`'s slot to it.
@@ -91,7 +115,7 @@ impl<V> DeviceMap<V> {
             Some(i) => i,
             None => self.link(d, make),
         };
-        &mut self.entries[i].value
+        &mut self.values[i]
     }
 
     /// Finds or makes the entry of `d` by id and links `d`'s slot to it if the slot is free.
@@ -102,37 +126,37 @@ impl<V> DeviceMap<V> {
         };
         if let Some(s) = d.slot.index().filter(|s| *s < MAX_SLOTS) {
             if self.by_slot.len() <= s {
-                self.by_slot.resize(s + 1, EMPTY);
+                self.by_slot.resize(s + 1, UNLINKED);
             }
-            if self.by_slot[s] == EMPTY {
-                self.by_slot[s] = i as u32;
-                self.entries[i].device = Some(Arc::clone(d));
+            if self.by_slot[s].entry == EMPTY {
+                self.by_slot[s] = Link {
+                    entry: i as u32,
+                    device: address(d),
+                };
+                self.keys[i].device = Some(Arc::clone(d));
             }
         }
         i
     }
 
     fn push(&mut self, id: String, value: V) -> usize {
-        let i = self.entries.len();
+        let i = self.values.len();
         self.ids.insert(id.clone(), i as u32);
-        self.entries.push(Entry {
-            id,
-            device: None,
-            value,
-        });
+        self.keys.push(Key { id, device: None });
+        self.values.push(value);
         i
     }
 
     /// The value of the device called `id`.
     pub fn get_by_id(&self, id: &str) -> Option<&V> {
         let i = *self.ids.get(id)?;
-        self.entries.get(i as usize).map(|e| &e.value)
+        self.values.get(i as usize)
     }
 
     /// The value of the device called `id`, mutable.
     pub fn get_by_id_mut(&mut self, id: &str) -> Option<&mut V> {
         let i = *self.ids.get(id)?;
-        self.entries.get_mut(i as usize).map(|e| &mut e.value)
+        self.values.get_mut(i as usize)
     }
 
     /// Sets the value of the device called `id` (restored state; no device to link yet).
@@ -147,17 +171,17 @@ impl<V> DeviceMap<V> {
 
     /// `(id, value)` of every device, in the order they were added.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.entries.iter().map(|e| (e.id.as_str(), &e.value))
+        self.keys.iter().map(|k| k.id.as_str()).zip(&self.values)
     }
 
     /// Every value, in the order they were added.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.entries.iter().map(|e| &e.value)
+        self.values.iter()
     }
 
     /// Every value, mutable.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.entries.iter_mut().map(|e| &mut e.value)
+        self.values.iter_mut()
     }
 }
 

@@ -146,7 +146,7 @@ impl Buffer {
     fn take_buffer(&self, len: usize) -> String {
         match self {
             Buffer::Spool(s) => s.take_buffer(len),
-            Buffer::Memory(_) => String::with_capacity(len),
+            Buffer::Memory(_) => String::with_capacity(batch_capacity(len)),
         }
     }
 
@@ -366,6 +366,11 @@ async fn recv_lines(lines: &mut Option<mpsc::UnboundedReceiver<String>>) -> Opti
     }
 }
 
+/// Capacity of a new buffer for a batch expected to be `len` bytes: 1/8 to spare.
+pub(crate) fn batch_capacity(len: usize) -> usize {
+    len + len / 8
+}
+
 /// Journals the `added` lines encoded since `start` and counts them into the batch.
 fn journal_since(queue: &Buffer, body: &str, start: usize, added: u32, points: &mut usize) {
     queue.journal(&body.as_bytes()[start..], added);
@@ -373,13 +378,13 @@ fn journal_since(queue: &Buffer, body: &str, start: usize, added: u32, points: &
 }
 
 async fn seal(body: &mut String, points: &mut usize, queue: &Buffer, encoded: &Counter) {
-    // The next batch will be about as long as this one: room for it plus 1/8, so it rarely
-    // regrows (each doubling copies the whole batch). A sealed batch with much spare capacity
-    // gives it back: batches can wait in the queue for a long time while the store is slow or
-    // down, and doubling slack would count against the daemon's memory. Shrinking copies the
-    // batch, so a batch that is nearly full keeps its few spare bytes.
-    let next = body.len() + body.len() / 8;
-    let mut text = std::mem::replace(body, queue.take_buffer(next));
+    // The next batch will be about as long as this one: a kept buffer with room for that,
+    // or a new one with 1/8 to spare, so it rarely regrows (each doubling copies the whole
+    // batch). A sealed batch with much spare capacity gives it back: batches can wait in
+    // the queue for a long time while the store is slow or down, and doubling slack would
+    // count against the daemon's memory. Shrinking copies the batch, so a batch that is
+    // nearly full keeps its few spare bytes.
+    let mut text = std::mem::replace(body, queue.take_buffer(body.len()));
     if text.capacity() - text.len() > text.len() / 4 {
         text.shrink_to_fit();
     }

@@ -660,13 +660,20 @@ impl Spool {
         Ok(())
     }
 
-    /// An empty buffer for a batch of about `len` bytes: a delivered batch's, if one is kept.
+    /// An empty buffer for a batch of about `len` bytes: a delivered batch's, if one is kept
+    /// with room for `len`, else a new one with 1/8 to spare.
     pub fn take_buffer(&self, len: usize) -> String {
         let kept = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut buf = kept.unwrap_or_default();
-        buf.clear();
-        buf.reserve(len);
-        buf
+        match kept {
+            Some(mut buf) if buf.capacity() >= len => {
+                buf.clear();
+                buf
+            }
+            // Growing a kept buffer would copy all its old bytes (`realloc` does not know
+            // they are stale) into pages that then fault in anew; a new buffer only does
+            // the latter.
+            _ => String::with_capacity(super::batch_capacity(len)),
+        }
     }
 
     /// Keeps the body of a delivered batch for reuse, if nothing else holds the batch.

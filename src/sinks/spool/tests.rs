@@ -578,3 +578,31 @@ async fn kept_files_of_a_previous_run_are_reused_and_new_ids_pass_theirs() {
     assert_eq!((rec.batches, rec.torn), (1, 0));
     assert_eq!(drain(&spool).await, vec![line(100)]);
 }
+
+#[test]
+fn a_kept_buffer_is_reused_only_with_room_for_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::new();
+    let (spool, _) = Spool::open(settings(dir.path()), &reg).unwrap();
+    let kept = |cap: usize| {
+        Arc::new(Batch {
+            body: String::with_capacity(cap),
+            points: 0,
+        })
+    };
+    // Room enough: the kept buffer itself comes back, emptied.
+    spool.recycle(kept(4096));
+    let buf = spool.take_buffer(4000);
+    assert!(buf.is_empty());
+    assert_eq!(buf.capacity(), 4096);
+    // Too small: not grown (a copy of stale bytes) but replaced by a new one with 1/8 spare.
+    spool.recycle(Arc::new(Batch {
+        body: buf,
+        points: 0,
+    }));
+    let bigger = spool.take_buffer(8000);
+    assert!(bigger.is_empty());
+    assert!(bigger.capacity() >= 9000, "{}", bigger.capacity());
+    // The small one was dropped, not kept: the pool is empty now.
+    assert!(spool.take_buffer(10).capacity() < 4096);
+}

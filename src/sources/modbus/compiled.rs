@@ -235,6 +235,12 @@ impl CompiledProfile {
         vec![None; self.registers.len()]
     }
 
+    /// Empties `raw` into one slot per register, all absent (a reused [`Self::raw_buffer`]).
+    pub fn reset_raw(&self, raw: &mut Vec<Option<f64>>) {
+        raw.clear();
+        raw.resize(self.registers.len(), None);
+    }
+
     /// Appends the field values of one poll to `out` (which it does not clear).
     ///
     /// Applies scale, SunSpec scale factor and offset to every raw value present. A value is
