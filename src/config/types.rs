@@ -222,14 +222,16 @@ pub struct InfluxConfig {
     /// v1: password for basic auth.
     #[serde(default)]
     pub password: String,
-    /// Points per write request; a batch is sent when it is full or `flush_interval` passed.
+    /// Points per write request; a batch is sent when it is full, or `flush_interval` after
+    /// its first point.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// Largest request body: a batch is also sent once its line protocol reaches this many
     /// bytes, so wide devices (50 values a line) do not make multi-megabyte requests.
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
-    /// Longest time a point waits in a batch before it is sent.
+    /// Longest time a point waits in a batch before it is sent (counted from the batch's
+    /// first point).
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
     /// HTTP request timeout for one write.

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Counter, Registry};
@@ -246,7 +246,7 @@ pub struct BatchSettings {
     pub batch_size: usize,
     /// Bytes of line protocol per batch (a batch is sealed once it reaches this).
     pub max_bytes: usize,
-    /// Longest wait before a partial batch is sent.
+    /// Longest wait before a partial batch is sent, from its first point.
     pub flush_interval: Duration,
 }
 
@@ -283,37 +283,42 @@ pub async fn run_batcher_with_lines(
         &[],
     );
     let max_bytes = settings.max_bytes.max(1);
-    let full = |points: usize, body: &str| points >= settings.batch_size || body.len() >= max_bytes;
-    // Sealing at `max_bytes` overshoots by at most one line.
-    let mut body = String::with_capacity(max_bytes + max_bytes / 8);
-    let mut points = 0usize;
-    let mut tick = tokio::time::interval(settings.flush_interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut open = OpenBatch::new(max_bytes, queue, encoded);
+    let full =
+        |open: &OpenBatch| open.points >= settings.batch_size || open.body.len() >= max_bytes;
+    // Armed while a batch is open: it is sealed `flush_interval` after its first point at the
+    // latest. A free-running tick sealed whatever had gathered once a second, so at a high
+    // rate every second brought one small batch (an extra request and spool record) and
+    // a buffer sized for it, which the next full batch then regrew by doubling.
+    let flush = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(flush);
+    let mut deadline = false;
     let mut chunk = crate::pipeline::Chunk::new();
     loop {
         // A chunk never takes the batch past `batch_size`.
         let room = settings
             .batch_size
-            .saturating_sub(points)
+            .saturating_sub(open.points)
             .clamp(1, BATCHER_CHUNK);
         tokio::select! {
             n = rx.recv_chunk(&mut chunk, room, BATCHER_LINGER) => {
                 if n == 0 {
                     break;
                 }
-                let mut start = body.len();
+                let mut start = open.body.len();
                 let mut added = 0u32;
                 for reading in chunk.iter() {
-                    let before = body.len();
-                    lineproto::write_reading(&mut body, reading);
-                    if body.len() > before {
+                    let before = open.body.len();
+                    lineproto::write_reading(&mut open.body, reading);
+                    if open.body.len() > before {
                         added += 1;
                     }
-                    if body.len() >= max_bytes {
+                    if open.body.len() >= max_bytes {
                         // One journal record per sealed part: the batch it belongs to is
                         // sealed right after, so the journal never holds two batches.
-                        journal_since(&queue, &body, start, added, &mut points);
-                        seal(&mut body, &mut points, &queue, &encoded).await;
+                        open.journal_since(start, added);
+                        open.seal().await;
+                        deadline = false;
                         start = 0;
                         added = 0;
                     }
@@ -322,41 +327,102 @@ pub async fn run_batcher_with_lines(
                 if added > 0 {
                     // One journal record (one `write`) per chunk: every encoded reading is
                     // journaled before the next chunk is taken.
-                    journal_since(&queue, &body, start, added, &mut points);
+                    open.journal_since(start, added);
                 }
-                if full(points, &body) {
-                    seal(&mut body, &mut points, &queue, &encoded).await;
+                if full(&open) {
+                    open.seal().await;
                 }
             }
             Some(text) = recv_lines(&mut lines) => {
-                let n = text.lines().count();
-                queue.journal(text.as_bytes(), u32::try_from(n).unwrap_or(u32::MAX));
-                body.push_str(&text);
-                points += n;
-                if full(points, &body) {
-                    seal(&mut body, &mut points, &queue, &encoded).await;
+                open.push_lines(&text);
+                if full(&open) {
+                    open.seal().await;
                 }
             }
-            _ = tick.tick() => {
-                if points > 0 {
-                    seal(&mut body, &mut points, &queue, &encoded).await;
-                }
+            _ = &mut flush, if deadline => {
+                open.seal().await;
             }
+        }
+        if open.points == 0 {
+            deadline = false;
+        } else if !deadline {
+            flush
+                .as_mut()
+                .reset(Instant::now() + settings.flush_interval);
+            deadline = true;
         }
     }
     if let Some(lines) = lines.as_mut() {
         while let Ok(text) = lines.try_recv() {
-            body.push_str(&text);
-            points += text.lines().count();
-            if full(points, &body) {
-                seal(&mut body, &mut points, &queue, &encoded).await;
+            open.push_lines(&text);
+            if full(&open) {
+                open.seal().await;
             }
         }
     }
-    if points > 0 {
-        seal(&mut body, &mut points, &queue, &encoded).await;
+    open.seal().await;
+    open.queue.close();
+}
+
+/// The batch the batcher is filling, and what it needs to seal it.
+struct OpenBatch {
+    body: String,
+    points: usize,
+    /// Bytes the next batch is expected to take: the largest recent batch, decaying by 1/8
+    /// per seal, so the partial batch after a burst or before a quiet spell does not size
+    /// the buffer of the next full one, and a rate that stays low lets it shrink.
+    expect: usize,
+    queue: Buffer,
+    encoded: Counter,
+}
+
+impl OpenBatch {
+    fn new(max_bytes: usize, queue: Buffer, encoded: Counter) -> Self {
+        OpenBatch {
+            // Sealing at `max_bytes` overshoots by at most one line.
+            body: String::with_capacity(batch_capacity(max_bytes)),
+            points: 0,
+            expect: 0,
+            queue,
+            encoded,
+        }
     }
-    queue.close();
+
+    /// Journals the `added` lines encoded since byte `start` and counts them into the batch.
+    fn journal_since(&mut self, start: usize, added: u32) {
+        self.queue.journal(&self.body.as_bytes()[start..], added);
+        self.points += added as usize;
+    }
+
+    /// Adds pre-encoded lines (journaled first, like readings).
+    fn push_lines(&mut self, text: &str) {
+        let n = text.lines().count();
+        self.queue
+            .journal(text.as_bytes(), u32::try_from(n).unwrap_or(u32::MAX));
+        self.body.push_str(text);
+        self.points += n;
+    }
+
+    /// Hands the batch to the queue (nothing happens while it is empty).
+    async fn seal(&mut self) {
+        if self.points == 0 {
+            return;
+        }
+        self.expect = self.body.len().max(self.expect - self.expect / 8);
+        // A kept buffer with room for the expected batch, or a new one with 1/8 to spare,
+        // so it rarely regrows (each doubling copies the whole batch into fresh pages). A
+        // sealed batch with much spare capacity gives it back: batches can wait in the
+        // queue for a long time while the store is slow or down, and doubling slack would
+        // count against the daemon's memory. Shrinking copies the batch, so a batch that is
+        // nearly full keeps its few spare bytes.
+        let mut text = std::mem::replace(&mut self.body, self.queue.take_buffer(self.expect));
+        if text.capacity() - text.len() > text.len() / 4 {
+            text.shrink_to_fit();
+        }
+        self.encoded.add(self.points as u64);
+        let points = std::mem::take(&mut self.points);
+        self.queue.push(Batch { body: text, points }).await;
+    }
 }
 
 async fn recv_lines(lines: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
@@ -369,33 +435,6 @@ async fn recv_lines(lines: &mut Option<mpsc::UnboundedReceiver<String>>) -> Opti
 /// Capacity of a new buffer for a batch expected to be `len` bytes: 1/8 to spare.
 pub(crate) fn batch_capacity(len: usize) -> usize {
     len + len / 8
-}
-
-/// Journals the `added` lines encoded since `start` and counts them into the batch.
-fn journal_since(queue: &Buffer, body: &str, start: usize, added: u32, points: &mut usize) {
-    queue.journal(&body.as_bytes()[start..], added);
-    *points += added as usize;
-}
-
-async fn seal(body: &mut String, points: &mut usize, queue: &Buffer, encoded: &Counter) {
-    // The next batch will be about as long as this one: a kept buffer with room for that,
-    // or a new one with 1/8 to spare, so it rarely regrows (each doubling copies the whole
-    // batch). A sealed batch with much spare capacity gives it back: batches can wait in
-    // the queue for a long time while the store is slow or down, and doubling slack would
-    // count against the daemon's memory. Shrinking copies the batch, so a batch that is
-    // nearly full keeps its few spare bytes.
-    let mut text = std::mem::replace(body, queue.take_buffer(body.len()));
-    if text.capacity() - text.len() > text.len() / 4 {
-        text.shrink_to_fit();
-    }
-    encoded.add(*points as u64);
-    queue
-        .push(Batch {
-            body: text,
-            points: *points,
-        })
-        .await;
-    *points = 0;
 }
 
 /// Sends queued batches oldest first until the queue is closed and empty, or until `hard_stop`

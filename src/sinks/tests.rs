@@ -145,3 +145,113 @@ async fn pre_encoded_lines_alone_are_sealed_at_the_caps() {
         assert!(l.contains(&format!("device=TX-{i:04},")), "line {i}: {l}");
     }
 }
+
+fn reading(i: usize) -> Reading {
+    Reading::from_pairs(
+        device(&format!("M-{i:05}")),
+        1_700_000_000_000_000_000 + i as i64,
+        &[("voltage_a", 230.1), ("voltage_b", 229.7)],
+    )
+}
+
+/// A batcher fed by a real pipeline; returns the sender, the queue and the batcher's task.
+fn streaming_batcher(
+    settings: BatchSettings,
+) -> (
+    crate::pipeline::ReadingSender,
+    Arc<BatchQueue>,
+    tokio::task::JoinHandle<()>,
+) {
+    let registry = Registry::new();
+    let queue = Arc::new(BatchQueue::new(10_000, registry.counter("d", "d", &[])));
+    let mut pipeline = crate::pipeline::Pipeline::new(1024, Arc::clone(&registry));
+    let rx = pipeline.consumer("telemetry", crate::pipeline::Delivery::Lossless);
+    let tx = pipeline.sender();
+    tokio::spawn(pipeline.run());
+    let batcher = tokio::spawn(run_batcher(
+        rx,
+        Buffer::Memory(Arc::clone(&queue)),
+        settings,
+        registry,
+    ));
+    (tx, queue, batcher)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_steady_stream_is_sent_in_full_batches_not_cut_by_the_clock() {
+    // 100 readings/s, 70 per batch: a batch fills in 0.7 s, within the 1 s flush
+    // interval. A flush on a free-running one-second clock cut a part-filled batch every
+    // second (an extra request and spool record each time).
+    let (tx, queue, batcher) = streaming_batcher(BatchSettings {
+        batch_size: 70,
+        max_bytes: 1 << 20,
+        flush_interval: Duration::from_secs(1),
+    });
+    for i in 0..490 {
+        tx.send(reading(i)).await.expect("pipeline is running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(tx);
+    batcher.await.expect("batcher ran");
+    let points: Vec<usize> = drain(&queue).iter().map(|b| b.points).collect();
+    assert_eq!(points, vec![70; 7]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_batch_waits_flush_interval_from_its_first_point() {
+    let (tx, queue, batcher) = streaming_batcher(BatchSettings {
+        batch_size: 5000,
+        max_bytes: 1 << 20,
+        flush_interval: Duration::from_secs(1),
+    });
+    // Off the second's grid on purpose: a clock tick would seal it 300 ms after it came.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tx.send(reading(0)).await.expect("pipeline is running");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(queue.front().is_none(), "sealed before flush_interval");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sealed = drain(&queue);
+    assert_eq!(sealed.iter().map(|b| b.points).collect::<Vec<_>>(), vec![1]);
+    // The next reading opens a new batch with its own deadline.
+    tx.send(reading(1)).await.expect("pipeline is running");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(queue.front().is_none(), "second batch sealed early");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(drain(&queue).len(), 1);
+    drop(tx);
+    batcher.await.expect("batcher ran");
+}
+
+#[tokio::test]
+async fn a_small_batch_does_not_size_the_buffer_of_the_next_full_one() {
+    let registry = Registry::new();
+    let queue = Arc::new(BatchQueue::new(100, registry.counter("d", "d", &[])));
+    let mut open = OpenBatch::new(
+        1 << 16,
+        Buffer::Memory(Arc::clone(&queue)),
+        registry.counter("e", "e", &[]),
+    );
+    let full = "x".repeat(60_000);
+    open.push_lines(&format!("{full}\n"));
+    open.seal().await;
+    open.push_lines("small 1\n");
+    open.seal().await;
+    // Decays by 1/8 per seal from the largest recent batch; regrowing from a buffer made
+    // for the small one copied the batch at every doubling.
+    assert!(
+        open.body.capacity() >= 60_001 - 60_001 / 8,
+        "capacity {} after a small batch",
+        open.body.capacity()
+    );
+    // A rate that stays low lets it shrink.
+    for _ in 0..40 {
+        open.push_lines("small 1\n");
+        open.seal().await;
+    }
+    assert!(
+        open.body.capacity() < 1000,
+        "capacity {}",
+        open.body.capacity()
+    );
+    assert_eq!(drain(&queue).len(), 42);
+}
