@@ -292,7 +292,6 @@ pub async fn run_batcher_with_lines(
     // a buffer sized for it, which the next full batch then regrew by doubling.
     let flush = tokio::time::sleep_until(Instant::now());
     tokio::pin!(flush);
-    let mut deadline = false;
     let mut chunk = crate::pipeline::Chunk::new();
     loop {
         // A chunk never takes the batch past `batch_size`.
@@ -318,7 +317,6 @@ pub async fn run_batcher_with_lines(
                         // sealed right after, so the journal never holds two batches.
                         open.journal_since(start, added);
                         open.seal().await;
-                        deadline = false;
                         start = 0;
                         added = 0;
                     }
@@ -339,17 +337,15 @@ pub async fn run_batcher_with_lines(
                     open.seal().await;
                 }
             }
-            _ = &mut flush, if deadline => {
+            _ = &mut flush, if open.armed => {
                 open.seal().await;
             }
         }
-        if open.points == 0 {
-            deadline = false;
-        } else if !deadline {
+        if open.points > 0 && !open.armed {
             flush
                 .as_mut()
                 .reset(Instant::now() + settings.flush_interval);
-            deadline = true;
+            open.armed = true;
         }
     }
     if let Some(lines) = lines.as_mut() {
@@ -372,6 +368,8 @@ struct OpenBatch {
     /// per seal, so the partial batch after a burst or before a quiet spell does not size
     /// the buffer of the next full one, and a rate that stays low lets it shrink.
     expect: usize,
+    /// Whether the flush timer runs for this batch (set when it got its first point).
+    armed: bool,
     queue: Buffer,
     encoded: Counter,
 }
@@ -383,6 +381,7 @@ impl OpenBatch {
             body: String::with_capacity(batch_capacity(max_bytes)),
             points: 0,
             expect: 0,
+            armed: false,
             queue,
             encoded,
         }
@@ -420,6 +419,7 @@ impl OpenBatch {
             text.shrink_to_fit();
         }
         self.encoded.add(self.points as u64);
+        self.armed = false;
         let points = std::mem::take(&mut self.points);
         self.queue.push(Batch { body: text, points }).await;
     }

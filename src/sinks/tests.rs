@@ -8,23 +8,23 @@ fn device(id: &str) -> Arc<DeviceInfo> {
     Arc::new(DeviceInfo::for_test(id, "meter"))
 }
 
+fn reading(i: usize) -> Reading {
+    Reading::from_pairs(
+        device(&format!("M-{i:05}")),
+        1_700_000_000_000_000_000 + i as i64,
+        &[
+            ("voltage_a", 230.1),
+            ("voltage_b", 229.7),
+            ("voltage_c", 231.4),
+        ],
+    )
+}
+
 /// Runs the batcher over `n` readings and returns the batches it sealed, oldest first.
 async fn batches_of(n: usize, settings: BatchSettings) -> Vec<Arc<Batch>> {
     let registry = Registry::new();
     let queue = Arc::new(BatchQueue::new(10_000, registry.counter("d", "d", &[])));
-    let mut readings = Vec::with_capacity(n);
-    for i in 0..n {
-        let r = Reading::from_pairs(
-            device(&format!("M-{i:05}")),
-            1_700_000_000_000_000_000 + i as i64,
-            &[
-                ("voltage_a", 230.1),
-                ("voltage_b", 229.7),
-                ("voltage_c", 231.4),
-            ],
-        );
-        readings.push(Arc::new(r));
-    }
+    let readings = (0..n).map(|i| Arc::new(reading(i))).collect();
     let rx = crate::pipeline::ReadingRx::preloaded(readings);
     run_batcher(rx, Buffer::Memory(Arc::clone(&queue)), settings, registry).await;
     drain(&queue)
@@ -144,14 +144,6 @@ async fn pre_encoded_lines_alone_are_sealed_at_the_caps() {
     for (i, l) in lines.iter().enumerate() {
         assert!(l.contains(&format!("device=TX-{i:04},")), "line {i}: {l}");
     }
-}
-
-fn reading(i: usize) -> Reading {
-    Reading::from_pairs(
-        device(&format!("M-{i:05}")),
-        1_700_000_000_000_000_000 + i as i64,
-        &[("voltage_a", 230.1), ("voltage_b", 229.7)],
-    )
 }
 
 /// A batcher fed by a real pipeline; returns the sender, the queue and the batcher's task.
