@@ -19,11 +19,11 @@
 # alarm state, notify, MQTT publish), NOT the configured delay and NOT the poll interval
 # (the time a fault waits for the next poll is before the reading and is not counted).
 #
-# Environment: BENCH_ALARM_DURATION=60 (seconds of fault cycling), BENCH_ALARM_TRANSFORMERS=10,
+# Environment: BENCH_ALARM_DURATION=40 (seconds of fault cycling), BENCH_ALARM_TRANSFORMERS=15,
 # BENCH_ALARM_INTERVAL=200ms, BENCH_ALARM_CYCLE=4 (seconds per on+off cycle).
 
 bench_alarm() {
-    local dir="$WORK/alarm" dur=${BENCH_ALARM_DURATION:-60} tx=${BENCH_ALARM_TRANSFORMERS:-10}
+    local dir="$WORK/alarm" dur=${BENCH_ALARM_DURATION:-40} tx=${BENCH_ALARM_TRANSFORMERS:-15}
     local interval=${BENCH_ALARM_INTERVAL:-200ms} cycle=${BENCH_ALARM_CYCLE:-4}
     local sim_port http_port sim gw sub u
     mkdir -p "$dir"

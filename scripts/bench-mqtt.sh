@@ -21,7 +21,7 @@
 # and the CPU of the daemon and mosquitto (/proc/PID/stat) and of the publisher (its own
 # report). A step is *sustained* when accepted after draining >= 99.9 % of published and the
 # daemon was not losing ground: lag_s <= BENCH_MQTT_MAX_LAG_S (0.2 s; a daemon running 2 %
-# behind the offered rate for a 15 s step carries 0.3 s). max_sustained_msg_per_s is the
+# behind the offered rate for a 12 s step carries 0.24 s). max_sustained_msg_per_s is the
 # accepted rate of the highest sustained step. After two failed steps in a row the rest are
 # skipped. A step that made the spool drop points (its size cap) is not sustained either.
 #
@@ -34,9 +34,9 @@
 # daemon's encoded / written / dropped point totals under "store".
 #
 # Environment: BENCH_MQTT_METERS=10000, BENCH_MQTT_RATES="75000 100000 120000",
-# BENCH_MQTT_STEP=15 (s), BENCH_MQTT_WARMUP=5 (s, at the first rate), BENCH_MQTT_CONNECTIONS=4,
+# BENCH_MQTT_STEP=12 (s), BENCH_MQTT_WARMUP=5 (s, at the first rate), BENCH_MQTT_CONNECTIONS=4,
 # BENCH_MQTT_QOS=0, BENCH_MQTT_DRAIN=10 (s), BENCH_MQTT_MAX_LAG_S=0.2, BENCH_MQTT_STORE_NICE=19,
-# BENCH_MQTT_STORE_DRAIN=90 (s). Defaults: about 2.5 min plus the store's catch-up.
+# BENCH_MQTT_STORE_DRAIN=90 (s). Defaults: about 1.5 min plus the store's catch-up.
 
 # bench_mqtt_accepted BASE — gridwatch_mqtt_messages_total{result="accepted"} of a daemon.
 bench_mqtt_accepted() {
@@ -64,7 +64,7 @@ bench_mqtt_settle() {
 bench_mqtt() {
     local dir="$WORK/mqtt" meters=${BENCH_MQTT_METERS:-10000}
     local rates=${BENCH_MQTT_RATES:-"75000 100000 120000"}
-    local step=${BENCH_MQTT_STEP:-15} warmup=${BENCH_MQTT_WARMUP:-5}
+    local step=${BENCH_MQTT_STEP:-12} warmup=${BENCH_MQTT_WARMUP:-5}
     local conns=${BENCH_MQTT_CONNECTIONS:-4} qos=${BENCH_MQTT_QOS:-0}
     local drain=${BENCH_MQTT_DRAIN:-10} max_lag=${BENCH_MQTT_MAX_LAG_S:-0.2}
     local http_port gw mosq_pid base started_mosquitto=0 sim_common rate first i fails=0

@@ -24,12 +24,12 @@
 #
 # Environment (all optional):
 #   BENCH_DEVICES="1000 5000 10000"  device counts      BENCH_UNITS=100   unit ids per port
-#   BENCH_DURATION=60   measured seconds per scenario   BENCH_WARMUP=8    seconds before it
-#   BENCH_BARE_DURATION=15  measured seconds of each bare-poller window (two per scenario)
+#   BENCH_DURATION=60   measured seconds per scenario   BENCH_WARMUP=6    seconds before it
+#   BENCH_BARE_DURATION=10  measured seconds of each bare-poller window (two per scenario)
 #   BENCH_COLLECTION_DEVICES="10000"  device counts of the collection-only scenario (alarms
-#       and KPIs off; " " = none), BENCH_COLLECTION_DURATION=30, BENCH_COLLECTION_BARE_DURATION=10
+#       and KPIs off; " " = none), BENCH_COLLECTION_DURATION=20, BENCH_COLLECTION_BARE_DURATION=8
 #   BENCH_SWEEP_VALUES="10 40 120"  register sweep: maps of V 16-bit values (one read each) on
-#       BENCH_SWEEP_DEVICES=2000 devices for BENCH_SWEEP_DURATION=15 s each (" " = none)
+#       BENCH_SWEEP_DEVICES=2000 devices for BENCH_SWEEP_DURATION=10 s each (" " = none)
 #   BENCH_INTERVAL=1s   poll interval                    BENCH_SKIP_BUILD=1  reuse target/release
 #   BENCH_SKIP_CRITERION=1  skip the micro-benchmarks   BENCH_KEEP=1  keep the work dir
 #   BENCH_GRIDWATCH=PATH  measure another gridwatch binary (before/after comparisons)
@@ -43,14 +43,14 @@ REPO=$PWD
 DEVICES=${BENCH_DEVICES:-"1000 5000 10000"}
 UNITS=${BENCH_UNITS:-100}
 DURATION=${BENCH_DURATION:-60}
-WARMUP=${BENCH_WARMUP:-8}
-BARE_DURATION=${BENCH_BARE_DURATION:-15}
+WARMUP=${BENCH_WARMUP:-6}
+BARE_DURATION=${BENCH_BARE_DURATION:-10}
 COLLECTION_DEVICES=${BENCH_COLLECTION_DEVICES:-10000}
-COLLECTION_DURATION=${BENCH_COLLECTION_DURATION:-30}
-COLLECTION_BARE_DURATION=${BENCH_COLLECTION_BARE_DURATION:-10}
+COLLECTION_DURATION=${BENCH_COLLECTION_DURATION:-20}
+COLLECTION_BARE_DURATION=${BENCH_COLLECTION_BARE_DURATION:-8}
 SWEEP_VALUES=${BENCH_SWEEP_VALUES:-"10 40 120"}
 SWEEP_DEVICES=${BENCH_SWEEP_DEVICES:-2000}
-SWEEP_DURATION=${BENCH_SWEEP_DURATION:-15}
+SWEEP_DURATION=${BENCH_SWEEP_DURATION:-10}
 INTERVAL=${BENCH_INTERVAL:-1s}
 # The binaries measured (BENCH_BIN=dir: a saved build, e.g. a baseline for before/after).
 BIN=${BENCH_BIN:-$REPO/target/release}

@@ -6,6 +6,7 @@
 //! that stops answering is shown offline within three of its intervals.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
@@ -43,6 +44,41 @@ pub struct DeviceState {
     /// Request-level health of a unit on a bus (RTU, RTU over TCP); `None` for others.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkHealth>,
+    /// Where `last_seen` lives while the status stays online (see [`Liveness`]).
+    #[serde(skip)]
+    live: Arc<Liveness>,
+}
+
+/// The part of a device's state a repeated successful poll changes, outside the board's lock.
+///
+/// Nearly every poll of a healthy device only moves `last_seen`. Taking the board's one lock
+/// for that made both runtime workers write the same cache line 10,000 times a second;
+/// a poller holding its device's `Liveness` writes only that device's line instead.
+#[derive(Debug)]
+pub struct Liveness {
+    /// Last answer (ns since epoch), [`NEVER`] before the first.
+    last_seen: AtomicI64,
+    /// The status is `online`: a complete poll changes nothing but `last_seen`.
+    online: AtomicBool,
+}
+
+/// `Liveness::last_seen` of a device never heard from.
+const NEVER: i64 = i64::MIN;
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            last_seen: AtomicI64::new(NEVER),
+            online: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Liveness {
+    fn last_seen(&self) -> Option<Timestamp> {
+        let at = self.last_seen.load(Ordering::Acquire);
+        (at != NEVER).then_some(at)
+    }
 }
 
 impl DeviceState {
@@ -55,6 +91,7 @@ impl DeviceState {
             last_error: None,
             since: at,
             link: None,
+            live: Arc::default(),
         }
     }
 }
@@ -127,6 +164,29 @@ impl StatusBoard {
         self.changes.subscribe()
     }
 
+    /// The lock-free handle of `device`'s last-seen time, for [`StatusBoard::success_at`].
+    pub fn liveness(&self, device: &Arc<DeviceInfo>, now: Timestamp) -> Arc<Liveness> {
+        let mut map = self.devices.write().unwrap_or_else(|e| e.into_inner());
+        let state = map.get_or_insert_with(device, || DeviceState::unknown(now));
+        Arc::clone(&state.live)
+    }
+
+    /// [`StatusBoard::success`] for a device whose [`Liveness`] the caller holds: while it
+    /// stays online, a complete poll only stores the time, without the board's lock.
+    pub fn success_at(
+        &self,
+        device: &Arc<DeviceInfo>,
+        live: &Liveness,
+        at: Timestamp,
+        complete: bool,
+    ) -> Option<StatusChange> {
+        if complete && live.online.load(Ordering::Acquire) {
+            live.last_seen.store(at, Ordering::Release);
+            return None;
+        }
+        self.success(device, at, complete)
+    }
+
     /// Records a successful poll (`complete` false for a partial one).
     pub fn success(
         &self,
@@ -140,7 +200,7 @@ impl StatusBoard {
             DeviceStatus::Degraded
         };
         self.update(device, at, |s| {
-            s.last_seen = Some(at);
+            s.live.last_seen.store(at, Ordering::Release);
             s.consecutive_failures = 0;
             s.last_error = None;
             to
@@ -182,6 +242,10 @@ impl StatusBoard {
         }
         let from = state.status;
         state.status = to;
+        state
+            .live
+            .online
+            .store(to == DeviceStatus::Online, Ordering::Release);
         state.since = at;
         let change = StatusChange {
             device: device.id.clone(),
@@ -205,7 +269,10 @@ impl StatusBoard {
     /// The state of one device.
     pub fn get(&self, device: &str) -> Option<DeviceState> {
         let map = self.devices.read().unwrap_or_else(|e| e.into_inner());
-        map.get_by_id(device).cloned()
+        map.get_by_id(device).map(|s| DeviceState {
+            last_seen: s.live.last_seen(),
+            ..s.clone()
+        })
     }
 
     /// Number of devices in each status.
@@ -246,5 +313,41 @@ mod tests {
             .get("a")
             .map(|s| (s.last_seen, s.consecutive_failures));
         assert_eq!(state, Some((Some(5), 0)));
+    }
+
+    #[test]
+    fn the_lock_free_path_keeps_last_seen_and_gives_way_to_a_failure() {
+        let a = Arc::new(DeviceInfo::for_test("a", "meter"));
+        let board = StatusBoard::new(std::slice::from_ref(&a), 0);
+        let live = board.liveness(&a, 0);
+        let to = |c: Option<StatusChange>| c.map(|c| c.to);
+        // First success goes through the board (unknown -> online), the next ones do not.
+        assert_eq!(
+            to(board.success_at(&a, &live, 1, true)),
+            Some(DeviceStatus::Online)
+        );
+        assert_eq!(to(board.success_at(&a, &live, 2, true)), None);
+        assert_eq!(board.get("a").and_then(|s| s.last_seen), Some(2));
+        assert_eq!(
+            to(board.failure(&a, 3, "timeout", 2)),
+            Some(DeviceStatus::Degraded)
+        );
+        // Degraded: the next complete poll must bring it back, not just move the time.
+        assert_eq!(
+            to(board.success_at(&a, &live, 4, true)),
+            Some(DeviceStatus::Online)
+        );
+        assert_eq!(
+            to(board.success_at(&a, &live, 5, false)),
+            Some(DeviceStatus::Degraded)
+        );
+        assert_eq!(
+            to(board.success_at(&a, &live, 6, true)),
+            Some(DeviceStatus::Online)
+        );
+        let state = board
+            .get("a")
+            .map(|s| (s.status, s.last_seen, s.consecutive_failures, s.last_error));
+        assert_eq!(state, Some((DeviceStatus::Online, Some(6), 0, None)));
     }
 }

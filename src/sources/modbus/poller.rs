@@ -29,7 +29,7 @@ use crate::metrics::{Counter, Histogram, Registry};
 use crate::model::{DeviceInfo, Quality, Reading, now_ns};
 use crate::pipeline::ReadingSender;
 use crate::sinks::Backoff;
-use crate::status::{DeviceStatus, LinkHealth, StatusBoard};
+use crate::status::{DeviceStatus, LinkHealth, Liveness, StatusBoard};
 
 use super::client::bus::LineFault;
 use super::client::{ReadData, ReadError, ReadOnlyClient};
@@ -49,6 +49,8 @@ pub struct PolledDevice {
     failures: u32,
     /// Per-unit request counters (bus endpoints only).
     unit_metrics: Option<UnitMetrics>,
+    /// The status board's handle of this device, set when a connection takes it.
+    live: Option<Arc<Liveness>>,
 }
 
 /// Per-unit request outcomes on a bus, for `/metrics`.
@@ -144,6 +146,7 @@ impl PolledDevice {
             exception_logged: false,
             failures: 0,
             unit_metrics: None,
+            live: None,
         }
     }
 }
@@ -306,6 +309,10 @@ impl Connection {
         let metrics = Metrics::new(registry, &cfg.name);
         let backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
         let mut devices = devices;
+        let now = now_ns();
+        for d in &mut devices {
+            d.live = Some(status.liveness(&d.info, now));
+        }
         if cfg.transport.is_bus() {
             for d in &mut devices {
                 d.unit_metrics = Some(UnitMetrics::new(registry, &cfg.name, d.unit, &d.info.id));
@@ -404,7 +411,10 @@ impl Connection {
         let change = match &outcome {
             PollOutcome::Complete => {
                 self.metrics.polls_ok.inc();
-                self.status.success(&device.info, at, true)
+                match &device.live {
+                    Some(live) => self.status.success_at(&device.info, live, at, true),
+                    None => self.status.success(&device.info, at, true),
+                }
             }
             PollOutcome::Partial => {
                 self.metrics.polls_partial.inc();

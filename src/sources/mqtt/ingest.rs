@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{MqttConfig, PayloadFormat};
 use crate::metrics::{Counter, Registry};
-use crate::model::{DeviceInfo, FieldDef, Quality, Reading, Schema, Timestamp};
+use crate::model::{DeviceInfo, FieldDef, Quality, Reading, Schema, Timestamp, now_ns};
 use crate::registry::DeviceRegistry;
-use crate::status::StatusBoard;
+use crate::status::{Liveness, StatusBoard};
 
 use super::payload::{Mapping, Point, Reject, Values, check_window};
 use super::topic::{PatternError, TopicPattern};
@@ -81,6 +81,9 @@ struct DeviceState {
     recent: Recent,
     last_arrival: Timestamp,
     offline: bool,
+    /// The status board's handle of the device: a message from an online meter only
+    /// stores its time there.
+    live: Arc<Liveness>,
 }
 
 /// The newest [`DEDUP_WINDOW`] accepted `(timestamp, subscription)` pairs of a device,
@@ -341,7 +344,7 @@ impl Ingest {
                     (Arc::clone(schema), ids)
                 }
             };
-            self.status.success(&state.info, now, true);
+            self.status.success_at(&state.info, &state.live, now, true);
             out.push(Reading {
                 device: Arc::clone(&state.info),
                 ts,
@@ -398,6 +401,7 @@ impl Ingest {
             }
             None => return false,
         };
+        let live = self.status.liveness(&info, now_ns());
         self.devices.insert(
             id.to_string(),
             DeviceState {
@@ -406,6 +410,7 @@ impl Ingest {
                 recent: Recent::default(),
                 last_arrival: 0,
                 offline: false,
+                live,
             },
         );
         true
