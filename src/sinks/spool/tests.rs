@@ -384,6 +384,9 @@ async fn batches_read_back_from_disk_reuse_delivered_buffers_and_damage_is_still
 async fn records_of_a_longer_sealed_batch_left_in_the_journal_are_not_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
+    // Something pending (the store is behind), so the next batch goes to a segment and
+    // its journal is emptied for the one after it.
+    spool.push(batch(100)).await.unwrap();
     // A batch of five readings, journaled, then sealed.
     journal_lines(&spool, 0..5);
     let sealed: String = (0..5).map(line).collect();
@@ -407,10 +410,10 @@ async fn records_of_a_longer_sealed_batch_left_in_the_journal_are_not_recovered(
     );
     let reg = Registry::new();
     let (spool, rec) = Spool::open(settings(dir.path()), &reg).unwrap();
-    assert_eq!((rec.batches, rec.points, rec.torn), (2, 7, 0));
+    assert_eq!((rec.batches, rec.points, rec.torn), (3, 8, 0));
     assert_eq!(
         drain(&spool).await,
-        vec![sealed, format!("{}{}", line(5), line(6))],
+        vec![line(100), sealed, format!("{}{}", line(5), line(6))],
         "the sealed batch once, then only the current generation's readings"
     );
 }
@@ -605,4 +608,116 @@ fn a_kept_buffer_is_reused_only_with_room_for_the_next_batch() {
     assert!(bigger.capacity() >= 9000, "{}", bigger.capacity());
     // The small one was dropped, not kept: the pool is empty now.
     assert!(spool.take_buffer(10).capacity() < 4096);
+}
+
+fn interval_settings(dir: &Path) -> SpoolSettings {
+    SpoolSettings {
+        fsync: Fsync::Interval(Duration::from_secs(1)),
+        ..settings(dir)
+    }
+}
+
+/// Journals `range` as one batch and seals it.
+async fn journal_and_seal(spool: &Arc<Spool>, range: std::ops::Range<usize>) -> String {
+    journal_lines(spool, range.clone());
+    let body: String = range.clone().map(line).collect();
+    spool
+        .push(Arc::new(Batch {
+            body: body.clone(),
+            points: range.len(),
+        }))
+        .await
+        .unwrap();
+    body
+}
+
+fn segment_records(dir: &Path) -> usize {
+    segments(dir)
+        .iter()
+        .map(|p| scan_segment(&fs::read(p).unwrap()).records.len())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_batch_sealed_with_nothing_pending_stays_in_its_journal_and_its_file_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(interval_settings(dir.path()), &Registry::new()).unwrap();
+    let first = journal_and_seal(&spool, 0..5).await;
+    assert_eq!(segment_records(dir.path()), 0, "not copied into a segment");
+    assert!(dir.path().join(HELD_FILE).exists());
+    assert_eq!((spool.pending_batches(), spool.pending_points()), (1, 5));
+    let held_inode = inodes(dir.path(), "held.journal");
+    let (b, id) = spool.front().await.unwrap();
+    assert_eq!(b.body, first);
+    spool.ack(id).await;
+    assert_eq!((spool.pending_batches(), spool.pending_points()), (0, 0));
+    assert!(!dir.path().join(HELD_FILE).exists());
+    assert_eq!(inodes(dir.path(), "spare.journal"), held_inode);
+    // The next batch journals into the open file; the one after that reuses the spare.
+    let second = journal_and_seal(&spool, 5..7).await;
+    let (b, id) = spool.front().await.unwrap();
+    assert_eq!(b.body, second);
+    spool.ack(id).await;
+    journal_lines(&spool, 7..8);
+    assert_eq!(inodes(dir.path(), "open.journal"), held_inode);
+    drop(spool);
+    // Killed: the reused file still holds five records of the first batch after the new
+    // one; only the current generation's comes back, and nothing counts as damage.
+    let (spool, rec) = Spool::open(interval_settings(dir.path()), &Registry::new()).unwrap();
+    assert_eq!((rec.batches, rec.points, rec.torn), (1, 1, 0));
+    assert_eq!(drain(&spool).await, vec![line(7)]);
+}
+
+#[tokio::test]
+async fn a_held_batch_is_replayed_before_the_segments_after_a_kill() {
+    held_then_segments_then_open(settings).await;
+    held_then_segments_then_open(interval_settings).await;
+}
+
+async fn held_then_segments_then_open(settings: fn(&Path) -> SpoolSettings) {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
+    // The store is down: the first batch is held, the next two go to a segment behind it.
+    let held = journal_and_seal(&spool, 0..3).await;
+    let seg_a = journal_and_seal(&spool, 3..4).await;
+    let seg_b = journal_and_seal(&spool, 4..6).await;
+    assert_eq!(segment_records(dir.path()), 2);
+    journal_lines(&spool, 6..8);
+    drop(spool);
+    let reg = Registry::new();
+    let (spool, rec) = Spool::open(settings(dir.path()), &reg).unwrap();
+    assert_eq!((rec.batches, rec.points, rec.torn), (4, 8, 0));
+    assert_eq!(
+        drain(&spool).await,
+        vec![held, seg_a, seg_b, format!("{}{}", line(6), line(7))],
+        "oldest first: the held batch, the segment's, then the open journal's"
+    );
+    // Everything delivered: a restart finds nothing.
+    drop(spool);
+    let (spool, rec) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
+    assert_eq!(rec.batches, 0);
+    assert!(spool.front().await.is_none());
+}
+
+#[tokio::test]
+async fn a_batch_whose_journal_write_failed_goes_to_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(interval_settings(dir.path()), &Registry::new()).unwrap();
+    journal_lines(&spool, 0..2);
+    // As after a failed write: the journal does not hold the whole batch.
+    spool.lock_journal().lost = true;
+    let body: String = (0..3).map(line).collect();
+    spool
+        .push(Arc::new(Batch {
+            body: body.clone(),
+            points: 3,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(segment_records(dir.path()), 1);
+    assert!(!dir.path().join(HELD_FILE).exists());
+    drop(spool);
+    let (spool, rec) = Spool::open(interval_settings(dir.path()), &Registry::new()).unwrap();
+    assert_eq!(rec.batches, 1);
+    assert_eq!(drain(&spool).await, vec![body]);
 }
