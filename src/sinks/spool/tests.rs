@@ -388,15 +388,7 @@ async fn records_of_a_longer_sealed_batch_left_in_the_journal_are_not_recovered(
     // its journal is emptied for the one after it.
     spool.push(batch(100)).await.unwrap();
     // A batch of five readings, journaled, then sealed.
-    journal_lines(&spool, 0..5);
-    let sealed: String = (0..5).map(line).collect();
-    spool
-        .push(Arc::new(Batch {
-            body: sealed.clone(),
-            points: 5,
-        }))
-        .await
-        .unwrap();
+    let sealed = journal_and_seal(&spool, 0..5).await;
     // The next batch overwrites the journal from the start: two readings, then killed.
     journal_lines(&spool, 5..7);
     let path = dir.path().join(JOURNAL_FILE);
@@ -703,7 +695,7 @@ async fn held_then_segments_then_open(settings: fn(&Path) -> SpoolSettings) {
 async fn a_batch_whose_journal_write_failed_goes_to_a_segment() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(interval_settings(dir.path()), &Registry::new()).unwrap();
-    journal_lines(&spool, 0..2);
+    journal_lines(&spool, 0..3);
     // As after a failed write: the journal does not hold the whole batch.
     spool.lock_journal().lost = true;
     let body: String = (0..3).map(line).collect();
