@@ -33,7 +33,8 @@ pub enum DeviceStatus {
 pub struct DeviceState {
     /// Current status.
     pub status: DeviceStatus,
-    /// When the device last answered (ns since epoch).
+    /// When the device last answered (ns since epoch). Kept in the device's [`Liveness`]:
+    /// filled in the copies [`StatusBoard::get`] hands out, `None` in the board itself.
     pub last_seen: Option<Timestamp>,
     /// Failed polls since the last success.
     pub consecutive_failures: u32,

@@ -430,6 +430,7 @@ struct SpoolMetrics {
 }
 
 /// The open batch's journal (see the module docs).
+#[derive(Default)]
 struct Journal {
     file: Option<File>,
     /// Generation of the records being written; records of older ones are stale.
@@ -444,6 +445,17 @@ struct Journal {
     /// only if they are exactly its own.
     bytes: usize,
     points: usize,
+}
+
+impl Journal {
+    /// Nothing written yet in `generation` (the file's header says it).
+    fn start(&mut self, generation: u64) {
+        self.generation = generation;
+        self.used = false;
+        self.lost = false;
+        self.bytes = 0;
+        self.points = 0;
+    }
 }
 
 /// The disk queue. Shared by the batcher (push) and the writer (front/ack).
@@ -690,15 +702,7 @@ impl Spool {
         let spool = Arc::new(Spool {
             settings,
             inner: Mutex::new(inner),
-            journal: Mutex::new(Journal {
-                file: None,
-                generation: first_generation,
-                used: false,
-                failing: false,
-                lost: false,
-                bytes: 0,
-                points: 0,
-            }),
+            journal: Mutex::new(Journal::default()),
             recent: Mutex::new(VecDeque::new()),
             pool: Mutex::new(Vec::new()),
             arrived: Notify::new(),
@@ -732,22 +736,12 @@ impl Spool {
 
     /// Creates an empty journal (header only) of `generation`, replacing whatever was there.
     fn open_journal(&self, generation: u64) -> Result<(), SpoolError> {
-        let path = self.settings.dir.join(JOURNAL_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        file.write_all(&journal_header(generation))
-            .map_err(io_err(&path))?;
+        let file = self
+            .fresh_journal(generation)
+            .map_err(io_err(&self.settings.dir.join(JOURNAL_FILE)))?;
         let mut j = self.lock_journal();
         j.file = Some(file);
-        j.generation = generation;
-        j.used = false;
-        j.lost = false;
-        j.bytes = 0;
-        j.points = 0;
+        j.start(generation);
         Ok(())
     }
 
@@ -836,11 +830,7 @@ impl Spool {
             tracing::warn!(error = %e, "cannot empty the spool journal (its batch may be sent twice after a crash)");
             return;
         }
-        j.generation = next;
-        j.used = false;
-        j.lost = false;
-        j.bytes = 0;
-        j.points = 0;
+        j.start(next);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -1051,11 +1041,7 @@ impl Spool {
                 tracing::error!(error = %e, "cannot start a new spool journal; open batches are only in memory");
             }
         }
-        j.generation = next;
-        j.used = false;
-        j.lost = false;
-        j.bytes = 0;
-        j.points = 0;
+        j.start(next);
         drop(j);
         inner.held = Some(Held {
             batch: Arc::clone(batch),
@@ -1102,14 +1088,7 @@ impl Spool {
     /// The store took the held batch of `generation`: its file becomes the spare.
     fn release_held(&self, generation: u64) {
         let mut inner = self.lock();
-        if inner
-            .held
-            .as_ref()
-            .is_none_or(|h| h.generation != generation)
-        {
-            return;
-        }
-        let Some(held) = inner.held.take() else {
+        let Some(held) = inner.held.take_if(|h| h.generation == generation) else {
             return;
         };
         inner.pending_batches -= 1;

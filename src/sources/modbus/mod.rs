@@ -48,6 +48,7 @@ pub fn spawn(
 ) -> Result<usize, ModbusError> {
     let mut compiled: HashMap<(String, u16, u16), Arc<CompiledProfile>> = HashMap::new();
     let mut tasks = 0;
+    let now = crate::model::now_ns();
     for ep in &loaded.config.modbus.endpoints {
         let mut polled = Vec::new();
         for dev in &loaded.config.devices {
@@ -93,6 +94,7 @@ pub fn spawn(
                 unit,
                 profile,
                 dev.interval,
+                status.liveness(info, now),
             ));
         }
         if polled.is_empty() {

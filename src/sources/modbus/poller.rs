@@ -49,8 +49,8 @@ pub struct PolledDevice {
     failures: u32,
     /// Per-unit request counters (bus endpoints only).
     unit_metrics: Option<UnitMetrics>,
-    /// The status board's handle of this device, set when a connection takes it.
-    live: Option<Arc<Liveness>>,
+    /// The status board's handle of this device.
+    live: Arc<Liveness>,
 }
 
 /// Per-unit request outcomes on a bus, for `/metrics`.
@@ -130,12 +130,14 @@ pub fn first_due(now: Instant, wall: Duration, interval: Duration, phase: Durati
 }
 
 impl PolledDevice {
-    /// A device at `unit` read with `profile` every `interval`.
+    /// A device at `unit` read with `profile` every `interval`, reporting to `live`
+    /// ([`StatusBoard::liveness`]).
     pub fn new(
         info: Arc<DeviceInfo>,
         unit: u8,
         profile: Arc<CompiledProfile>,
         interval: Duration,
+        live: Arc<Liveness>,
     ) -> Self {
         PolledDevice {
             info,
@@ -146,7 +148,7 @@ impl PolledDevice {
             exception_logged: false,
             failures: 0,
             unit_metrics: None,
-            live: None,
+            live,
         }
     }
 }
@@ -309,10 +311,6 @@ impl Connection {
         let metrics = Metrics::new(registry, &cfg.name);
         let backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
         let mut devices = devices;
-        let now = now_ns();
-        for d in &mut devices {
-            d.live = Some(status.liveness(&d.info, now));
-        }
         if cfg.transport.is_bus() {
             for d in &mut devices {
                 d.unit_metrics = Some(UnitMetrics::new(registry, &cfg.name, d.unit, &d.info.id));
@@ -411,10 +409,7 @@ impl Connection {
         let change = match &outcome {
             PollOutcome::Complete => {
                 self.metrics.polls_ok.inc();
-                match &device.live {
-                    Some(live) => self.status.success_at(&device.info, live, at, true),
-                    None => self.status.success(&device.info, at, true),
-                }
+                self.status.success_at(&device.info, &device.live, at, true)
             }
             PollOutcome::Partial => {
                 self.metrics.polls_partial.inc();
