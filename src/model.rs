@@ -125,6 +125,10 @@ pub struct FieldDef {
     /// empty when the key is (such a field is not written).
     #[serde(skip)]
     pub lp_prefix: String,
+    /// `lp_prefix` padded with zeros to a fixed size, so that the encoder copies it in one
+    /// fixed-size move instead of a `memcpy` call; all zeros when the prefix is longer.
+    #[serde(skip)]
+    pub lp_padded: [u8; lineproto::PADDED_PREFIX],
 }
 
 impl FieldDef {
@@ -137,10 +141,15 @@ impl FieldDef {
         } else {
             format!(",{key}=")
         };
+        let mut lp_padded = [0; lineproto::PADDED_PREFIX];
+        if let Some(room) = lp_padded.get_mut(..lp_prefix.len()) {
+            room.copy_from_slice(lp_prefix.as_bytes());
+        }
         FieldDef {
             name,
             unit,
             lp_prefix,
+            lp_padded,
         }
     }
 }

@@ -32,8 +32,9 @@
 //! Floats are written in their shortest form that parses back to the same bits (`ryu`),
 //! without the `i` suffix, so a store types them as floats.
 //!
-//! The per-point functions ([`write_reading`], [`write_line`]) allocate nothing beyond the
-//! growth of the output buffer: the hot path targets millions of points per second per core.
+//! The per-point functions ([`LineEncoder::write_reading`], [`write_line`]) allocate nothing
+//! beyond the growth of the output buffer (and the encoder's scratch line, once): the hot
+//! path targets millions of points per second per core.
 
 use crate::model::Reading;
 
@@ -175,93 +176,148 @@ pub fn series_key(measurement: &str, tags: &[(&str, &str)]) -> String {
     out
 }
 
-/// Appends a finite float in its shortest round-trip form.
+/// Room for any number [`format_f64`] writes: `ryu` needs at most 24 bytes, the fixed
+/// forms at most 19 (a sign, 15 integer digits, the point and 2 decimals).
+const NUM_MAX: usize = 32;
+
+/// Writes a finite float into `out` in its shortest round-trip form and returns its length.
 ///
 /// Whole numbers below 10^15 (counts, watts, status words: a large share of meter values)
 /// take an integer fast path that prints exactly what `ryu` would (`3012.0`, `-0.0`) at a
-/// third of the cost; `ryu` switches to exponent notation only from 10^16.
+/// third of the cost; `ryu` switches to exponent notation only from 10^16. Values with up
+/// to three decimals take the fast path of [`short_decimal`].
 ///
 /// The checks use integer conversions, not `fract()` / `round()`: on the baseline x86-64
 /// target those are library calls, and they were a fifth of the encoder's instructions.
-#[inline]
-fn push_f64(out: &mut String, v: f64) {
+/// The conversions are signed: one instruction each there, where unsigned ones are a
+/// sequence of five or more (a seventh of the encoder's time). The number goes into a
+/// fixed-size array, so that it is written in one piece: a `memcpy` call per part of the
+/// number was a fifth of the encoder's time.
+#[inline(always)]
+fn format_f64(v: f64, out: &mut [u8; NUM_MAX]) -> usize {
     let a = v.abs();
     if a < 1e15 {
-        // Exact: a < 10^15 < 2^53, so a whole `a` survives the round trip through u64.
-        let whole = a as u64;
+        // Exact: a < 10^15 < 2^53, so a whole `a` survives the round trip through i64.
+        let whole = a as i64;
         if whole as f64 == a {
-            push_fixed(out, v.is_sign_negative(), whole, 0);
-            return;
+            // `whole.0`: one decimal, a zero.
+            return format_fixed(out, v.is_sign_negative(), whole.unsigned_abs() * 10, 1);
         }
-        if push_short_decimal(out, v) {
-            return;
+        if let Some((m, decimals)) = short_decimal(a) {
+            return format_fixed(out, v < 0.0, m, decimals);
         }
     }
     let mut b = ryu::Buffer::new();
-    out.push_str(b.format_finite(v));
+    let text = b.format_finite(v).as_bytes();
+    let n = text.len().min(NUM_MAX);
+    out[..n].copy_from_slice(&text[..n]);
+    n
 }
 
-/// Values with one to three decimals (decimal-scaled registers, the bulk of Modbus data:
-/// 230.1 V, 12.34 A, 0.987), printed from the integer `m = v × 1000` with its trailing
-/// zeros dropped. For 10^-3 ≤ |v| < 10^9 the spacing of doubles is far below 10^-3, so a
-/// decimal of at most three places that reads back as `v` is the only one of its length:
-/// exactly what `ryu`'s shortest round trip prints (checked against it exhaustively in the
-/// tests). One check covers all three lengths: `m / 1000` and `(m / 10) / 100` are the same
-/// rational, and IEEE division rounds both to the same double.
-/// Returns false, writing nothing, for any other value.
-#[inline]
-fn push_short_decimal(out: &mut String, v: f64) -> bool {
-    let a = v.abs();
+/// The decimal `m / 10^decimals` (one to three decimals, trailing zeros dropped) that is
+/// the shortest round trip of `a` ≥ 0, for values with one to three decimals
+/// (decimal-scaled registers, the bulk of Modbus data: 230.1 V, 12.34 A, 0.987).
+///
+/// For 10^-3 ≤ a < 10^9 the spacing of doubles is far below 10^-3, so a decimal of at most
+/// three places that reads back as `a` is the only one of its length: exactly what `ryu`'s
+/// shortest round trip prints (checked against it exhaustively in the tests). One check
+/// covers all three lengths: `m / 1000` and `(m / 10) / 100` are the same rational, and
+/// IEEE division rounds both to the same double. `None` for any other value.
+///
+/// The division looks expensive in a profile but is not: exact checks in integers on the
+/// bits of `a` (the decimal within half a unit in the last place) were no faster.
+#[inline(always)]
+fn short_decimal(a: f64) -> Option<(u64, u32)> {
     if !(1e-3..1e9).contains(&a) {
-        return false;
+        return None;
     }
-    // a × 1000 < 10^12: the nearest integer is exact as u64 and as f64.
-    let m = (a * 1000.0 + 0.5) as u64;
+    // a × 1000 < 10^12: the nearest integer is exact as i64 and as f64.
+    let m = (a * 1000.0 + 0.5) as i64;
     if m as f64 / 1000.0 != a {
-        return false;
+        return None;
     }
-    let (m, decimals) = if m.is_multiple_of(100) {
+    let m = m.unsigned_abs();
+    Some(if m.is_multiple_of(100) {
         (m / 100, 1)
     } else if m.is_multiple_of(10) {
         (m / 10, 2)
     } else {
         (m, 3)
-    };
-    push_fixed(out, v < 0.0, m, decimals);
-    true
+    })
 }
 
-/// Appends `m / 10^decimals` in plain decimal notation (`-` first when `negative`), at least
-/// one digit before the point and `.0` for a whole number: `(2301, 1)` → `230.1`,
-/// `(5, 3)` → `0.005`, `(3012, 0)` → `3012.0`. The digits of `m` are formatted once and
-/// split at the point.
-#[inline]
-fn push_fixed(out: &mut String, negative: bool, m: u64, decimals: u32) {
-    if negative {
-        out.push('-');
+/// Field prefixes up to this length are copied in one fixed-size move
+/// ([`crate::model::FieldDef::lp_padded`]); longer ones are rare (a 30-character field name).
+pub const PADDED_PREFIX: usize = 32;
+
+/// Two-digit pairs `00` to `99`, for writing integers two digits at a time.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Writes `m / 10^decimals` (`decimals` 1 to 3, `m` < 10^16) into `out` in plain decimal
+/// notation, `-` first when `negative`, at least one digit before the point: `(2301, 1)` →
+/// `230.1`, `(5, 3)` → `0.005`, `(30120, 1)` → `3012.0`. Returns the length.
+#[inline(always)]
+fn format_fixed(out: &mut [u8; NUM_MAX], negative: bool, m: u64, decimals: u32) -> usize {
+    let (mut int, mut frac) = match decimals {
+        1 => (m / 10, m % 10),
+        2 => (m / 100, m % 100),
+        _ => (m / 1000, m % 1000),
+    };
+    let digits = decimal_digits(int);
+    let point = usize::from(negative) + digits;
+    let end = point + 1 + decimals as usize;
+    out[0] = b'-';
+    out[point] = b'.';
+    if decimals >= 2 {
+        let pair = (frac % 100) as usize * 2;
+        frac /= 100;
+        out[end - 2..end].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
     }
-    let mut b = itoa::Buffer::new();
-    let digits = b.format(m);
-    let k = decimals as usize;
-    if k == 0 {
-        out.push_str(digits);
-        out.push_str(".0");
-        return;
+    if decimals != 2 {
+        out[point + 1] = b'0' + frac as u8;
     }
-    match digits.len().checked_sub(k) {
-        Some(int) if int > 0 => {
-            out.push_str(digits.get(..int).unwrap_or_default());
-            out.push('.');
-            out.push_str(digits.get(int..).unwrap_or_default());
-        }
-        // Fewer digits than decimals: 0.00d.
-        _ => {
-            out.push_str("0.");
-            for _ in digits.len()..k {
-                out.push('0');
-            }
-            out.push_str(digits);
-        }
+    let mut at = point;
+    while int >= 100 {
+        let pair = (int % 100) as usize * 2;
+        int /= 100;
+        at -= 2;
+        out[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if int >= 10 {
+        let pair = int as usize * 2;
+        at -= 2;
+        out[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        out[at - 1] = b'0' + int as u8;
+    }
+    end
+}
+
+/// The number of decimal digits of `n` (1 for 0).
+#[inline(always)]
+fn decimal_digits(n: u64) -> usize {
+    // Register values are mostly below 10^4: those take one to four compares.
+    if n < 100 {
+        1 + usize::from(n >= 10)
+    } else if n < 10_000 {
+        3 + usize::from(n >= 1000)
+    } else {
+        n.ilog10() as usize + 1
+    }
+}
+
+/// Appends a finite float (see [`format_f64`]) to a `String`.
+fn push_f64(out: &mut String, v: f64) {
+    let mut num = [0; NUM_MAX];
+    let n = format_f64(v, &mut num);
+    // Only ASCII is ever written there.
+    if let Ok(text) = std::str::from_utf8(&num[..n]) {
+        out.push_str(text);
     }
 }
 
@@ -274,42 +330,73 @@ fn push_timestamp(out: &mut String, ts: i64) {
     out.push('\n');
 }
 
-/// Appends one line for `r`: `{series} {key}={value},... {ts}\n`.
+/// Encodes readings into lines; owns the scratch space that makes that fast.
 ///
-/// Uses the device's pre-escaped `lp_series` and the schema's pre-escaped `,key=`
-/// prefixes. Values that are not finite, or whose field id is outside the schema, are
-/// skipped; when no value remains nothing is written.
-pub fn write_reading(buf: &mut String, r: &Reading) {
-    let mark = buf.len();
-    buf.push_str(&r.device.lp_series);
-    let mut first = true;
-    for &(id, v) in &r.values {
-        if !v.is_finite() {
-            continue;
+/// The fields of a line are assembled as bytes and checked as UTF-8 once per line: a
+/// `String` takes text only as `&str`, and turning each number into one would cost a
+/// validation (or a `memcpy` call per part) per field.
+#[derive(Debug, Default)]
+pub struct LineEncoder {
+    fields: Vec<u8>,
+}
+
+impl LineEncoder {
+    /// An encoder with no scratch space yet (it grows to the widest line).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends one line for `r`: `{series} {key}={value},... {ts}\n`.
+    ///
+    /// Uses the device's pre-escaped `lp_series` and the schema's pre-escaped `,key=`
+    /// prefixes. Values that are not finite, or whose field id is outside the schema, are
+    /// skipped; when no value remains nothing is written.
+    pub fn write_reading(&mut self, buf: &mut String, r: &Reading) {
+        let fields = &mut self.fields;
+        fields.clear();
+        for &(id, v) in &r.values {
+            if !v.is_finite() {
+                continue;
+            }
+            let Some(field) = r.schema.fields.get(usize::from(id)) else {
+                continue;
+            };
+            let prefix = field.lp_prefix.as_bytes();
+            if prefix.is_empty() {
+                continue;
+            }
+            let at = fields.len();
+            if prefix.len() <= PADDED_PREFIX {
+                fields.extend_from_slice(&field.lp_padded);
+                fields.truncate(at + prefix.len());
+            } else {
+                fields.extend_from_slice(prefix);
+            }
+            // The number is written in place into room made with a fixed-size fill (two
+            // vector stores), then cut to its length. Formatting it on the stack and copying
+            // it over was slower: a wide load of bytes just stored one by one stalls.
+            let at = fields.len();
+            fields.resize(at + NUM_MAX, 0);
+            let n = match fields.get_mut(at..).map(<&mut [u8; NUM_MAX]>::try_from) {
+                Some(Ok(room)) => format_f64(v, room),
+                _ => 0,
+            };
+            fields.truncate(at + n);
         }
-        let Some(field) = r.schema.fields.get(usize::from(id)) else {
-            continue;
+        // The first field follows the tags after a space, not a comma.
+        let Some((_comma, rest)) = fields.split_first() else {
+            // No field was written: a line without fields is invalid.
+            return;
         };
-        let prefix = field.lp_prefix.as_str();
-        if prefix.is_empty() {
-            continue;
-        }
-        if first {
-            // The first field follows the tags after a space, not a comma.
-            buf.push(' ');
-            buf.push_str(prefix.get(1..).unwrap_or_default());
-            first = false;
-        } else {
-            buf.push_str(prefix);
-        }
-        push_f64(buf, v);
+        // Prefixes come from `String`s and numbers are ASCII, so this never fails.
+        let Ok(rest) = std::str::from_utf8(rest) else {
+            return;
+        };
+        buf.push_str(&r.device.lp_series);
+        buf.push(' ');
+        buf.push_str(rest);
+        push_timestamp(buf, r.ts);
     }
-    if first {
-        // No field was written: a line without fields is invalid.
-        buf.truncate(mark);
-        return;
-    }
-    push_timestamp(buf, r.ts);
 }
 
 /// Appends one line `{series_key} {fields} {ts}\n` for an arbitrary measurement.

@@ -293,6 +293,7 @@ pub async fn run_batcher_with_lines(
     let flush = tokio::time::sleep_until(Instant::now());
     tokio::pin!(flush);
     let mut chunk = crate::pipeline::Chunk::new();
+    let mut encoder = lineproto::LineEncoder::new();
     loop {
         // A chunk never takes the batch past `batch_size`.
         let room = settings
@@ -308,7 +309,7 @@ pub async fn run_batcher_with_lines(
                 let mut added = 0u32;
                 for reading in chunk.iter() {
                     let before = open.body.len();
-                    lineproto::write_reading(&mut open.body, reading);
+                    encoder.write_reading(&mut open.body, reading);
                     if open.body.len() > before {
                         added += 1;
                     }

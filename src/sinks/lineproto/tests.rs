@@ -144,11 +144,46 @@ fn write_reading_hand_written() {
         1_700_000_000_000_000_000,
     );
     let mut buf = String::from("previous\n");
-    write_reading(&mut buf, &r);
+    let mut encoder = LineEncoder::new();
+    encoder.write_reading(&mut buf, &r);
+    let line = "transformer,device=TX-0701,feeder=F1,kind=transformer,site=north \
+         voltage\\ l1=230.5,tap\\=pos=3.0,oil\\,temp=-0.125 1700000000000000000\n";
+    assert_eq!(buf, format!("previous\n{line}"));
+    // The scratch space of the first line leaves nothing in the second.
+    let short = reading((*r.device).clone(), &["a"], vec![(0, -7.0)], 5);
+    encoder.write_reading(&mut buf, &short);
     assert_eq!(
         buf,
-        "previous\ntransformer,device=TX-0701,feeder=F1,kind=transformer,site=north \
-         voltage\\ l1=230.5,tap\\=pos=3.0,oil\\,temp=-0.125 1700000000000000000\n"
+        format!(
+            "previous\n{line}transformer,device=TX-0701,feeder=F1,kind=transformer,site=north a=-7.0 5\n"
+        )
+    );
+}
+
+#[test]
+fn write_reading_with_prefixes_longer_than_the_padded_copy() {
+    // 31 and 32 bytes of prefix take the fixed-size copy, 33 and more the plain one.
+    let names = [
+        "a".repeat(29),
+        "b".repeat(30),
+        "c".repeat(31),
+        "d".repeat(45),
+    ];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let r = reading(
+        device("M1", "meter", "s", "f"),
+        &names,
+        vec![(0, -0.005), (1, 12.34), (2, -65535.0), (3, 1e21)],
+        7,
+    );
+    let mut buf = String::new();
+    LineEncoder::new().write_reading(&mut buf, &r);
+    assert_eq!(
+        buf,
+        format!(
+            "meter,device=M1,feeder=f,kind=meter,site=s {}=-0.005,{}=12.34,{}=-65535.0,{}=1e21 7\n",
+            names[0], names[1], names[2], names[3]
+        )
     );
 }
 
@@ -156,8 +191,9 @@ fn write_reading_hand_written() {
 fn write_reading_without_finite_values_writes_nothing() {
     let dev = device("M1", "meter", "s", "f");
     let mut buf = String::from("keep\n");
-    write_reading(&mut buf, &reading(dev.clone(), &["a"], vec![], 1));
-    write_reading(
+    let mut encoder = LineEncoder::new();
+    encoder.write_reading(&mut buf, &reading(dev.clone(), &["a"], vec![], 1));
+    encoder.write_reading(
         &mut buf,
         &reading(
             dev,
@@ -339,7 +375,7 @@ proptest! {
             (0..names.len()).map(|i| (i as FieldId, raw[i])).collect();
         let r = reading(device(&id, &kind, &site, &feeder), &names, values.clone(), ts);
         let mut buf = String::new();
-        write_reading(&mut buf, &r);
+        LineEncoder::new().write_reading(&mut buf, &r);
 
         let finite: Vec<(&str, f64)> = values
             .iter()
@@ -480,8 +516,7 @@ fn decimal_fast_path_prints_what_ryu_prints() {
         let mut out = String::new();
         super::push_f64(&mut out, v);
         assert_eq!(out, ryu::Buffer::new().format_finite(v), "{v:e}");
-        let mut probe = String::new();
-        fast += usize::from(v.fract() != 0.0 && super::push_short_decimal(&mut probe, v));
+        fast += usize::from(v.fract() != 0.0 && super::short_decimal(v.abs()).is_some());
     }
     // The fast path is taken for the decimal register values, not only the fallback.
     assert!(fast > 300_000, "fast path taken {fast} times");
