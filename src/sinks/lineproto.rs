@@ -352,8 +352,11 @@ impl LineEncoder {
     /// prefixes. Values that are not finite, or whose field id is outside the schema, are
     /// skipped; when no value remains nothing is written.
     pub fn write_reading(&mut self, buf: &mut String, r: &Reading) {
-        let fields = &mut self.fields;
-        fields.clear();
+        // The scratch line is written through a cursor and never shrinks: its bytes past the
+        // cursor are left from earlier lines and never read. No `Vec` length to keep per
+        // copy, and the fixed-size copies may run past the text they carry.
+        let line = &mut self.fields;
+        let mut pos = 0;
         for &(id, v) in &r.values {
             if !v.is_finite() {
                 continue;
@@ -365,24 +368,29 @@ impl LineEncoder {
             if prefix.is_empty() {
                 continue;
             }
-            let at = fields.len();
-            if prefix.len() <= PADDED_PREFIX {
-                fields.extend_from_slice(&field.lp_padded);
-                fields.truncate(at + prefix.len());
-            } else {
-                fields.extend_from_slice(prefix);
+            let need = pos + prefix.len().max(PADDED_PREFIX) + NUM_MAX;
+            if line.len() < need {
+                line.resize(need.max(line.len() * 2), 0);
             }
-            // The number is written in place into room made with a fixed-size fill (two
-            // vector stores), then cut to its length. Formatting it on the stack and copying
-            // it over was slower: a wide load of bytes just stored one by one stalls.
-            let at = fields.len();
-            fields.resize(at + NUM_MAX, 0);
-            let n = match fields.get_mut(at..).map(<&mut [u8; NUM_MAX]>::try_from) {
+            if prefix.len() <= PADDED_PREFIX {
+                if let Some(room) = line.get_mut(pos..pos + PADDED_PREFIX) {
+                    room.copy_from_slice(&field.lp_padded);
+                }
+            } else if let Some(room) = line.get_mut(pos..pos + prefix.len()) {
+                room.copy_from_slice(prefix);
+            }
+            pos += prefix.len();
+            // The number is formatted in place. Formatting it on the stack and copying it
+            // over was slower: a wide load of bytes just stored one by one stalls.
+            pos += match line
+                .get_mut(pos..pos + NUM_MAX)
+                .map(<&mut [u8; NUM_MAX]>::try_from)
+            {
                 Some(Ok(room)) => format_f64(v, room),
                 _ => 0,
             };
-            fields.truncate(at + n);
         }
+        let fields = line.get(..pos).unwrap_or_default();
         // The first field follows the tags after a space, not a comma.
         let Some((_comma, rest)) = fields.split_first() else {
             // No field was written: a line without fields is invalid.
