@@ -123,7 +123,7 @@ fn encode_bench(c: &mut Criterion) {
             quality: Quality::Good,
         })
         .collect();
-    let mut buf = String::with_capacity(4 << 20);
+    let mut buf: Vec<u8> = Vec::with_capacity(4 << 20);
     let mut encoder = lineproto::LineEncoder::new();
     let mut g = c.benchmark_group("lineproto");
     g.throughput(Throughput::Elements(N as u64));

@@ -245,7 +245,7 @@ pub fn spool_journal(data: &[u8]) {
     let mut rebuilt = spool::JOURNAL_MAGIC.to_vec();
     rebuilt.extend_from_slice(&7u64.to_le_bytes());
     let points = u32::try_from(batch.points).unwrap_or(u32::MAX);
-    spool::encode_journal_record(&mut rebuilt, 7, points, batch.body.as_bytes());
+    spool::encode_journal_record(&mut rebuilt, 7, points, &batch.body);
     let (again, damaged) = spool::journal_batch(&rebuilt);
     assert!(!damaged, "a journal just written reads back undamaged");
     assert_eq!(again.body, batch.body);

@@ -20,7 +20,7 @@ impl FileWriter {
     }
 
     /// Appends one batch; returns after it reached the OS (not fsynced).
-    pub async fn write(&mut self, body: &str) -> Result<(), WriteError> {
+    pub async fn write(&mut self, body: &[u8]) -> Result<(), WriteError> {
         let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let stale = self.current.as_ref().is_none_or(|(d, _)| *d != day);
         if stale {
@@ -37,7 +37,7 @@ impl FileWriter {
             self.current = Some((day, file));
         }
         if let Some((_, file)) = self.current.as_mut() {
-            file.write_all(body.as_bytes())
+            file.write_all(body)
                 .await
                 .map_err(|e| io_error(&self.dir, e))?;
             file.flush().await.map_err(|e| io_error(&self.dir, e))?;

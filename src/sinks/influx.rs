@@ -147,7 +147,7 @@ pub fn body_of(batch: &Arc<Batch>) -> bytes::Bytes {
     struct Shared(Arc<Batch>);
     impl AsRef<[u8]> for Shared {
         fn as_ref(&self) -> &[u8] {
-            self.0.body.as_bytes()
+            &self.0.body
         }
     }
     bytes::Bytes::from_owner(Shared(Arc::clone(batch)))

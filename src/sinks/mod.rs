@@ -143,10 +143,10 @@ impl Buffer {
     }
 
     /// An empty buffer for the next batch: a delivered batch's body when the spool kept one.
-    fn take_buffer(&self, len: usize) -> String {
+    fn take_buffer(&self, len: usize) -> Vec<u8> {
         match self {
             Buffer::Spool(s) => s.take_buffer(len),
-            Buffer::Memory(_) => String::with_capacity(batch_capacity(len)),
+            Buffer::Memory(_) => Vec::with_capacity(batch_capacity(len)),
         }
     }
 
@@ -363,7 +363,7 @@ pub async fn run_batcher_with_lines(
 
 /// The batch the batcher is filling, and what it needs to seal it.
 struct OpenBatch {
-    body: String,
+    body: Vec<u8>,
     points: usize,
     /// Bytes the next batch is expected to take: the largest recent batch, decaying by 1/8
     /// per seal, so the partial batch after a burst or before a quiet spell does not size
@@ -379,7 +379,7 @@ impl OpenBatch {
     fn new(max_bytes: usize, queue: Buffer, encoded: Counter) -> Self {
         OpenBatch {
             // Sealing at `max_bytes` overshoots by at most one line.
-            body: String::with_capacity(batch_capacity(max_bytes)),
+            body: Vec::with_capacity(batch_capacity(max_bytes)),
             points: 0,
             expect: 0,
             armed: false,
@@ -390,7 +390,7 @@ impl OpenBatch {
 
     /// Journals the `added` lines encoded since byte `start` and counts them into the batch.
     fn journal_since(&mut self, start: usize, added: u32) {
-        self.queue.journal(&self.body.as_bytes()[start..], added);
+        self.queue.journal(&self.body[start..], added);
         self.points += added as usize;
     }
 
@@ -399,7 +399,7 @@ impl OpenBatch {
         let n = text.lines().count();
         self.queue
             .journal(text.as_bytes(), u32::try_from(n).unwrap_or(u32::MAX));
-        self.body.push_str(text);
+        self.body.extend_from_slice(text.as_bytes());
         self.points += n;
     }
 
@@ -560,7 +560,7 @@ async fn write_dead_letter(
     path: &std::path::Path,
     status: u16,
     reason: &str,
-    body: &str,
+    body: &[u8],
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     if let Some(dir) = path.parent() {
@@ -578,12 +578,13 @@ async fn write_dead_letter(
     let mut text = format!(
         "# {} HTTP {status}: {reason}\n",
         chrono::Utc::now().to_rfc3339()
-    );
-    text.push_str(body);
-    if !body.ends_with('\n') {
-        text.push('\n');
+    )
+    .into_bytes();
+    text.extend_from_slice(body);
+    if !body.ends_with(b"\n") {
+        text.push(b'\n');
     }
-    f.write_all(text.as_bytes()).await?;
+    f.write_all(&text).await?;
     f.flush().await
 }
 

@@ -13,8 +13,9 @@ use crate::metrics::Counter;
 /// A line-protocol batch.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// Newline-terminated lines.
-    pub body: String,
+    /// Newline-terminated lines, as the bytes that are sent (line protocol is UTF-8; the
+    /// encoder writes bytes, so that no line needs a UTF-8 check on its way to the store).
+    pub body: Vec<u8>,
     /// Number of points (lines) in `body`.
     pub points: usize,
 }

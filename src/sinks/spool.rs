@@ -471,7 +471,7 @@ pub struct Spool {
     /// back ([`Spool::front`]) or sealed batch ([`Spool::take_buffer`]). While the store
     /// lags, every batch is read back from disk: a fresh megabyte buffer each time, on
     /// whichever blocking thread does the read, left the allocator holding tens of MB.
-    pool: Mutex<Vec<String>>,
+    pool: Mutex<Vec<Vec<u8>>>,
     /// Wakes the writer when a batch arrived or the spool closed.
     arrived: Notify,
     /// Wakes a blocked pusher when space was freed.
@@ -747,7 +747,7 @@ impl Spool {
 
     /// An empty buffer for a batch of about `len` bytes: a delivered batch's, if one is kept
     /// with room for `len`, else a new one with 1/8 to spare.
-    pub fn take_buffer(&self, len: usize) -> String {
+    pub fn take_buffer(&self, len: usize) -> Vec<u8> {
         let kept = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match kept {
             Some(mut buf) if buf.capacity() >= len => {
@@ -757,7 +757,7 @@ impl Spool {
             // Growing a kept buffer would copy all its old bytes (`realloc` does not know
             // they are stale) into pages that then fault in anew; a new buffer only does
             // the latter.
-            _ => String::with_capacity(super::batch_capacity(len)),
+            _ => Vec::with_capacity(super::batch_capacity(len)),
         }
     }
 
@@ -900,7 +900,7 @@ impl Spool {
         if self.hold(&mut inner, batch) {
             return Ok(());
         }
-        let (header, payload) = record_parts(points, batch.body.as_bytes());
+        let (header, payload) = record_parts(points, &batch.body);
         let need = (header.len() + payload.len()) as u64;
         if self.settings.when_full == WhenFull::DropOldest {
             while inner.disk_bytes + need > self.settings.max_bytes && !inner.segments.is_empty() {
@@ -1263,7 +1263,7 @@ impl Spool {
             ));
         }
         // Straight into a reused buffer: no zeroing, no header to cut off afterwards.
-        let mut buf = self.take_buffer(len as usize).into_bytes();
+        let mut buf = self.take_buffer(len as usize);
         (&mut file)
             .take(u64::from(len))
             .read_to_end(&mut buf)
@@ -1274,9 +1274,11 @@ impl Spool {
         if record_crc(len, points, &buf) != crc {
             return Err(format!("{:?}", Damage::Checksum));
         }
-        let body = String::from_utf8(buf).map_err(|e| e.to_string())?;
+        // The CRC matched, so this only fails on a record some bug wrote: the store would
+        // refuse the batch anyway, and the error names the segment.
+        std::str::from_utf8(&buf).map_err(|e| e.to_string())?;
         Ok(Batch {
-            body,
+            body: buf,
             points: points as usize,
         })
     }
@@ -1549,7 +1551,7 @@ pub fn journal_batch(data: &[u8]) -> (Batch, bool) {
     if data.starts_with(SEGMENT_MAGIC) {
         return legacy_journal_batch(data);
     }
-    let mut body = String::new();
+    let mut body = Vec::new();
     let mut points = 0usize;
     let generation = match data.get(..JOURNAL_HEADER) {
         Some(h) if h.starts_with(JOURNAL_MAGIC) => {
@@ -1579,13 +1581,11 @@ pub fn journal_batch(data: &[u8]) -> (Batch, bool) {
             return (Batch { body, points }, record_gen > generation);
         }
         let payload = &data[start..start + len as usize];
-        match std::str::from_utf8(payload) {
-            Ok(text) => {
-                body.push_str(text);
-                points += n as usize;
-            }
-            Err(_) => return (Batch { body, points }, true),
+        if std::str::from_utf8(payload).is_err() {
+            return (Batch { body, points }, true);
         }
+        body.extend_from_slice(payload);
+        points += n as usize;
         at = start + len as usize;
     }
 }
@@ -1593,7 +1593,7 @@ pub fn journal_batch(data: &[u8]) -> (Batch, bool) {
 /// [`journal_batch`] for a journal in the segment format (written before generations).
 fn legacy_journal_batch(data: &[u8]) -> (Batch, bool) {
     let scan = scan_segment(data);
-    let mut body = String::new();
+    let mut body = Vec::new();
     let mut points = 0usize;
     for r in &scan.records {
         let start = r.offset as usize;
@@ -1601,9 +1601,9 @@ fn legacy_journal_batch(data: &[u8]) -> (Batch, bool) {
             continue;
         };
         if let Ok((meta, payload)) = decode_record(rec)
-            && let Ok(text) = std::str::from_utf8(payload)
+            && std::str::from_utf8(payload).is_ok()
         {
-            body.push_str(text);
+            body.extend_from_slice(payload);
             points += meta.points as usize;
         }
     }

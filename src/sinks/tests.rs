@@ -30,6 +30,13 @@ async fn batches_of(n: usize, settings: BatchSettings) -> Vec<Arc<Batch>> {
     drain(&queue)
 }
 
+/// The lines of a batch (its body must be UTF-8).
+fn lines(b: &Batch) -> std::str::Lines<'_> {
+    std::str::from_utf8(&b.body)
+        .expect("batches are UTF-8")
+        .lines()
+}
+
 fn drain(queue: &BatchQueue) -> Vec<Arc<Batch>> {
     let mut out = Vec::new();
     while let Some(b) = queue.front() {
@@ -53,13 +60,13 @@ async fn batches_are_sealed_at_max_bytes_without_losing_a_line() {
     .await;
     let longest_line = batches
         .iter()
-        .flat_map(|b| b.body.lines())
+        .flat_map(|b| lines(b))
         .map(|l| l.len() + 1)
         .max()
         .expect("lines were written");
     assert!(batches.len() > 5, "only {} batches", batches.len());
     for (i, b) in batches.iter().enumerate() {
-        assert_eq!(b.points, b.body.lines().count(), "batch {i}");
+        assert_eq!(b.points, lines(b).count(), "batch {i}");
         assert!(
             b.body.len() < max_bytes + longest_line,
             "batch {i}: {}",
@@ -73,7 +80,7 @@ async fn batches_are_sealed_at_max_bytes_without_losing_a_line() {
             );
         }
     }
-    let lines: Vec<&str> = batches.iter().flat_map(|b| b.body.lines()).collect();
+    let lines: Vec<&str> = batches.iter().flat_map(|b| lines(b)).collect();
     assert_eq!(lines.len(), 500);
     for (i, l) in lines.iter().enumerate() {
         assert!(
@@ -131,7 +138,7 @@ async fn pre_encoded_lines_alone_are_sealed_at_the_caps() {
     assert!(batches.len() > 2, "only {} batches", batches.len());
     let longest = 100;
     for (i, b) in batches.iter().enumerate() {
-        assert_eq!(b.points, b.body.lines().count(), "batch {i}");
+        assert_eq!(b.points, lines(b).count(), "batch {i}");
         assert!(b.points <= 120, "batch {i}: {} points", b.points);
         assert!(
             b.body.len() < max_bytes + longest,
@@ -139,7 +146,7 @@ async fn pre_encoded_lines_alone_are_sealed_at_the_caps() {
             b.body.len()
         );
     }
-    let lines: Vec<&str> = batches.iter().flat_map(|b| b.body.lines()).collect();
+    let lines: Vec<&str> = batches.iter().flat_map(|b| lines(b)).collect();
     assert_eq!(lines.len(), 300);
     for (i, l) in lines.iter().enumerate() {
         assert!(l.contains(&format!("device=TX-{i:04},")), "line {i}: {l}");

@@ -128,6 +128,14 @@ fn device_series_key() {
     );
 }
 
+/// Appends the line for `r` to the text in `buf` (the encoder writes bytes; they must be
+/// UTF-8).
+fn encode(encoder: &mut LineEncoder, buf: &mut String, r: &Reading) {
+    let mut bytes = std::mem::take(buf).into_bytes();
+    encoder.write_reading(&mut bytes, r);
+    *buf = String::from_utf8(bytes).expect("the encoder writes UTF-8");
+}
+
 #[test]
 fn write_reading_hand_written() {
     let r = reading(
@@ -145,13 +153,13 @@ fn write_reading_hand_written() {
     );
     let mut buf = String::from("previous\n");
     let mut encoder = LineEncoder::new();
-    encoder.write_reading(&mut buf, &r);
+    encode(&mut encoder, &mut buf, &r);
     let line = "transformer,device=TX-0701,feeder=F1,kind=transformer,site=north \
          voltage\\ l1=230.5,tap\\=pos=3.0,oil\\,temp=-0.125 1700000000000000000\n";
     assert_eq!(buf, format!("previous\n{line}"));
     // The scratch space of the first line leaves nothing in the second.
     let short = reading((*r.device).clone(), &["a"], vec![(0, -7.0)], 5);
-    encoder.write_reading(&mut buf, &short);
+    encode(&mut encoder, &mut buf, &short);
     assert_eq!(
         buf,
         format!(
@@ -177,7 +185,7 @@ fn write_reading_with_prefixes_longer_than_the_padded_copy() {
         7,
     );
     let mut buf = String::new();
-    LineEncoder::new().write_reading(&mut buf, &r);
+    encode(&mut LineEncoder::new(), &mut buf, &r);
     assert_eq!(
         buf,
         format!(
@@ -192,8 +200,13 @@ fn write_reading_without_finite_values_writes_nothing() {
     let dev = device("M1", "meter", "s", "f");
     let mut buf = String::from("keep\n");
     let mut encoder = LineEncoder::new();
-    encoder.write_reading(&mut buf, &reading(dev.clone(), &["a"], vec![], 1));
-    encoder.write_reading(
+    encode(
+        &mut encoder,
+        &mut buf,
+        &reading(dev.clone(), &["a"], vec![], 1),
+    );
+    encode(
+        &mut encoder,
         &mut buf,
         &reading(
             dev,
@@ -375,7 +388,7 @@ proptest! {
             (0..names.len()).map(|i| (i as FieldId, raw[i])).collect();
         let r = reading(device(&id, &kind, &site, &feeder), &names, values.clone(), ts);
         let mut buf = String::new();
-        LineEncoder::new().write_reading(&mut buf, &r);
+        encode(&mut LineEncoder::new(), &mut buf, &r);
 
         let finite: Vec<(&str, f64)> = values
             .iter()

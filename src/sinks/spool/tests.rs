@@ -18,9 +18,14 @@ fn line(i: usize) -> String {
     format!("m,device=d{i} v={i} {i}\n")
 }
 
+/// A batch body as text, for comparing with lines.
+fn text(body: &[u8]) -> String {
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
 fn batch(i: usize) -> Arc<Batch> {
     Arc::new(Batch {
-        body: line(i),
+        body: line(i).into_bytes(),
         points: 1,
     })
 }
@@ -35,7 +40,7 @@ fn journal_lines(spool: &Spool, range: std::ops::Range<usize>) {
 async fn drain(spool: &Arc<Spool>) -> Vec<String> {
     let mut out = Vec::new();
     while let Some((b, id)) = spool.front().await {
-        out.push(b.body.clone());
+        out.push(text(&b.body));
         spool.ack(id).await;
     }
     out
@@ -74,7 +79,7 @@ async fn replays_unacked_batches_in_order_after_restart() {
     assert_eq!(rec.torn, 0);
     spool.push(batch(300)).await.unwrap();
     let got = drain(&spool).await;
-    let want: Vec<String> = (100..=300).map(|i| batch(i).body.clone()).collect();
+    let want: Vec<String> = (100..=300).map(|i| text(&batch(i).body)).collect();
     assert_eq!(got, want);
     assert_eq!(spool.pending_points(), 0);
     // Only the open segment is left once everything is acknowledged.
@@ -112,7 +117,7 @@ async fn torn_last_record_is_truncated_counted_and_the_rest_replayed() {
         assert_eq!(reg.counter_total("gridwatch_spool_torn_records_total"), 1);
         assert_eq!(fs::metadata(last).unwrap().len(), last_rec.offset);
         let got = drain(&spool).await;
-        let want: Vec<String> = (0..n - 1).map(|i| batch(i).body.clone()).collect();
+        let want: Vec<String> = (0..n - 1).map(|i| text(&batch(i).body)).collect();
         assert_eq!(got, want, "seed {seed}");
     }
 }
@@ -138,7 +143,7 @@ async fn damage_in_an_old_segment_does_not_block_later_ones() {
     assert_eq!(rec.torn, 1);
     let got = drain(&spool).await;
     // Everything after the damaged segment is there, in order, and nothing is garbage.
-    let last_300: Vec<String> = (0..300).map(|i| batch(i).body.clone()).collect();
+    let last_300: Vec<String> = (0..300).map(|i| text(&batch(i).body)).collect();
     assert!(got.len() < 300 && got.len() > 200, "{}", got.len());
     let first = last_300.iter().position(|b| *b == got[0]).unwrap();
     assert_eq!(first, 0);
@@ -163,7 +168,7 @@ async fn drop_oldest_counts_what_it_drops() {
     assert!(dropped > 0);
     let got = drain(&spool).await;
     assert_eq!(got.len() as u64 + dropped, 500);
-    assert_eq!(got.last().unwrap(), &batch(499).body);
+    assert_eq!(got.last().unwrap(), &text(&batch(499).body));
 }
 
 #[tokio::test]
@@ -279,7 +284,7 @@ async fn the_open_batch_survives_a_killed_process_through_the_journal() {
     spool.journal(line(5).as_bytes(), 1);
     spool
         .push(Arc::new(Batch {
-            body: line(5),
+            body: line(5).into_bytes(),
             points: 1,
         }))
         .await
@@ -326,7 +331,7 @@ async fn batches_read_back_from_disk_reuse_delivered_buffers_and_damage_is_still
     let big = |i: usize| {
         let line = format!("m,device=d{i} v={i} {i}\n");
         Arc::new(Batch {
-            body: line.repeat((1 << 20) / line.len()),
+            body: line.repeat((1 << 20) / line.len()).into_bytes(),
             points: (1 << 20) / line.len(),
         })
     };
@@ -347,7 +352,7 @@ async fn batches_read_back_from_disk_reuse_delivered_buffers_and_damage_is_still
     let mut got = Vec::new();
     let mut reused = 0;
     while let Some((b, id)) = spool.front().await {
-        got.push(b.body.clone());
+        got.push(text(&b.body));
         spool.ack(id).await;
         spool.recycle(b);
         // The delivered body comes back as the next buffer, capacity and all.
@@ -362,7 +367,7 @@ async fn batches_read_back_from_disk_reuse_delivered_buffers_and_damage_is_still
     }
     let want: Vec<String> = (0..n)
         .filter(|i| *i != 2)
-        .map(|i| big(i).body.clone())
+        .map(|i| text(&big(i).body))
         .collect();
     assert_eq!(got.len(), want.len());
     assert!(got == want, "bodies read back differ from what was pushed");
@@ -459,7 +464,7 @@ fn inodes(dir: &Path, suffix: &str) -> Vec<u64> {
 /// ones end: only the end mark tells them apart.
 fn sized(i: usize) -> Arc<Batch> {
     Arc::new(Batch {
-        body: format!("m,device=d{i:04} v={i:04} {i:04}\n"),
+        body: format!("m,device=d{i:04} v={i:04} {i:04}\n").into_bytes(),
         points: 1,
     })
 }
@@ -504,7 +509,7 @@ async fn emptied_segment_files_are_reused_and_their_old_batches_never_come_back(
     let (spool, rec) = Spool::open(settings(dir.path()), &reg).unwrap();
     assert_eq!((rec.batches, rec.torn), (150, 0), "{rec:?}");
     assert_eq!(reg.counter_total("gridwatch_spool_torn_records_total"), 0);
-    let want: Vec<String> = (1000..1150).map(|i| sized(i).body.clone()).collect();
+    let want: Vec<String> = (1000..1150).map(|i| text(&sized(i).body)).collect();
     assert_eq!(drain(&spool).await, want);
 }
 
@@ -520,7 +525,7 @@ async fn a_torn_record_in_a_reused_file_is_counted_and_older_records_stay_out() 
     fs::write(&last, &data).unwrap();
     let (spool, rec) = Spool::open(settings(dir.path()), &Registry::new()).unwrap();
     assert_eq!((rec.batches, rec.torn), (149, 1));
-    let want: Vec<String> = (1000..1149).map(|i| sized(i).body.clone()).collect();
+    let want: Vec<String> = (1000..1149).map(|i| text(&sized(i).body)).collect();
     assert_eq!(drain(&spool).await, want);
 }
 
@@ -581,7 +586,7 @@ fn a_kept_buffer_is_reused_only_with_room_for_the_next_batch() {
     let (spool, _) = Spool::open(settings(dir.path()), &reg).unwrap();
     let kept = |cap: usize| {
         Arc::new(Batch {
-            body: String::with_capacity(cap),
+            body: Vec::with_capacity(cap),
             points: 0,
         })
     };
@@ -615,7 +620,7 @@ async fn journal_and_seal(spool: &Arc<Spool>, range: std::ops::Range<usize>) -> 
     let body: String = range.clone().map(line).collect();
     spool
         .push(Arc::new(Batch {
-            body: body.clone(),
+            body: body.clone().into_bytes(),
             points: range.len(),
         }))
         .await
@@ -640,7 +645,7 @@ async fn a_batch_sealed_with_nothing_pending_stays_in_its_journal_and_its_file_i
     assert_eq!((spool.pending_batches(), spool.pending_points()), (1, 5));
     let held_inode = inodes(dir.path(), "held.journal");
     let (b, id) = spool.front().await.unwrap();
-    assert_eq!(b.body, first);
+    assert_eq!(text(&b.body), first);
     spool.ack(id).await;
     assert_eq!((spool.pending_batches(), spool.pending_points()), (0, 0));
     assert!(!dir.path().join(HELD_FILE).exists());
@@ -648,7 +653,7 @@ async fn a_batch_sealed_with_nothing_pending_stays_in_its_journal_and_its_file_i
     // The next batch journals into the open file; the one after that reuses the spare.
     let second = journal_and_seal(&spool, 5..7).await;
     let (b, id) = spool.front().await.unwrap();
-    assert_eq!(b.body, second);
+    assert_eq!(text(&b.body), second);
     spool.ack(id).await;
     journal_lines(&spool, 7..8);
     assert_eq!(inodes(dir.path(), "open.journal"), held_inode);
@@ -701,7 +706,7 @@ async fn a_batch_whose_journal_write_failed_goes_to_a_segment() {
     let body: String = (0..3).map(line).collect();
     spool
         .push(Arc::new(Batch {
-            body: body.clone(),
+            body: body.clone().into_bytes(),
             points: 3,
         }))
         .await
