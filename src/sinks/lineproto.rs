@@ -177,15 +177,17 @@ pub fn series_key(measurement: &str, tags: &[(&str, &str)]) -> String {
 }
 
 /// Room for any number [`format_f64`] writes: `ryu` needs at most 24 bytes, the fixed
-/// forms at most 19 (a sign, 15 integer digits, the point and 2 decimals).
+/// forms at most 21 (a sign, 15 integer digits, the point and the 4-byte move of the
+/// decimals).
 const NUM_MAX: usize = 32;
 
-/// Writes a finite float into `out` in its shortest round-trip form and returns its length.
+/// Writes a float into `out` in its shortest round-trip form and returns its length; 0 for
+/// a value that is not finite (line protocol has no NaN or infinity).
 ///
 /// Whole numbers below 10^15 (counts, watts, status words: a large share of meter values)
 /// take an integer fast path that prints exactly what `ryu` would (`3012.0`, `-0.0`) at a
 /// third of the cost; `ryu` switches to exponent notation only from 10^16. Values with up
-/// to three decimals take the fast path of [`short_decimal`].
+/// to three decimals take the fast path of [`thousandths`].
 ///
 /// The checks use integer conversions, not `fract()` / `round()`: on the baseline x86-64
 /// target those are library calls, and they were a fifth of the encoder's instructions.
@@ -196,16 +198,19 @@ const NUM_MAX: usize = 32;
 #[inline(always)]
 fn format_f64(v: f64, out: &mut [u8; NUM_MAX]) -> usize {
     let a = v.abs();
+    // False for NaN and the infinities too: they are sorted out on the slow path.
     if a < 1e15 {
         // Exact: a < 10^15 < 2^53, so a whole `a` survives the round trip through i64.
         let whole = a as i64;
         if whole as f64 == a {
-            // `whole.0`: one decimal, a zero.
-            return format_fixed(out, v.is_sign_negative(), whole.unsigned_abs() * 10, 1);
+            return format_fixed(out, v.is_sign_negative(), whole.unsigned_abs(), 0);
         }
-        if let Some((m, decimals)) = short_decimal(a) {
-            return format_fixed(out, v < 0.0, m, decimals);
+        if let Some(m) = thousandths(a) {
+            return format_fixed(out, v < 0.0, m / 1000, (m % 1000) as u32);
         }
+    }
+    if !v.is_finite() {
+        return 0;
     }
     let mut b = ryu::Buffer::new();
     let text = b.format_finite(v).as_bytes();
@@ -214,9 +219,8 @@ fn format_f64(v: f64, out: &mut [u8; NUM_MAX]) -> usize {
     n
 }
 
-/// The decimal `m / 10^decimals` (one to three decimals, trailing zeros dropped) that is
-/// the shortest round trip of `a` ≥ 0, for values with one to three decimals
-/// (decimal-scaled registers, the bulk of Modbus data: 230.1 V, 12.34 A, 0.987).
+/// `a` ≥ 0 in thousandths, when a decimal of one to three places is the shortest round trip
+/// of `a` (decimal-scaled registers, the bulk of Modbus data: 230.1 V, 12.34 A, 0.987).
 ///
 /// For 10^-3 ≤ a < 10^9 the spacing of doubles is far below 10^-3, so a decimal of at most
 /// three places that reads back as `a` is the only one of its length: exactly what `ryu`'s
@@ -227,7 +231,7 @@ fn format_f64(v: f64, out: &mut [u8; NUM_MAX]) -> usize {
 /// The division looks expensive in a profile but is not: exact checks in integers on the
 /// bits of `a` (the decimal within half a unit in the last place) were no faster.
 #[inline(always)]
-fn short_decimal(a: f64) -> Option<(u64, u32)> {
+fn thousandths(a: f64) -> Option<u64> {
     if !(1e-3..1e9).contains(&a) {
         return None;
     }
@@ -236,14 +240,7 @@ fn short_decimal(a: f64) -> Option<(u64, u32)> {
     if m as f64 / 1000.0 != a {
         return None;
     }
-    let m = m.unsigned_abs();
-    Some(if m.is_multiple_of(100) {
-        (m / 100, 1)
-    } else if m.is_multiple_of(10) {
-        (m / 10, 2)
-    } else {
-        (m, 3)
-    })
+    Some(m.unsigned_abs())
 }
 
 /// Field prefixes up to this length are copied in one fixed-size move
@@ -258,29 +255,36 @@ const DIGIT_PAIRS: &[u8; 200] = b"\
 6061626364656667686970717273747576777879\
 8081828384858687888990919293949596979899";
 
-/// Writes `m / 10^decimals` (`decimals` 1 to 3, `m` < 10^16) into `out` in plain decimal
-/// notation, `-` first when `negative`, at least one digit before the point: `(2301, 1)` →
-/// `230.1`, `(5, 3)` → `0.005`, `(30120, 1)` → `3012.0`. Returns the length.
+/// `000` to `999`, four bytes each (the fourth unused), so that three decimals are written
+/// in one 4-byte move.
+const DIGIT_TRIPLES: [u8; 4000] = {
+    let mut t = [0u8; 4000];
+    let mut i = 0;
+    while i < 1000 {
+        t[i * 4] = b'0' + (i / 100) as u8;
+        t[i * 4 + 1] = b'0' + (i / 10 % 10) as u8;
+        t[i * 4 + 2] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Writes `int.frac` (`frac` in thousandths, below 1000; `int` < 10^16) into `out` in plain
+/// decimal notation, `-` first when `negative`, with one to three decimals (trailing zeros
+/// dropped, at least one kept): `(230, 100)` → `230.1`, `(0, 5)` → `0.005`, `(3012, 0)` →
+/// `3012.0`. Returns the length.
+///
+/// The three decimals are always written and the length keeps one to three of them: no
+/// branch on how many there are.
 #[inline(always)]
-fn format_fixed(out: &mut [u8; NUM_MAX], negative: bool, m: u64, decimals: u32) -> usize {
-    let (mut int, mut frac) = match decimals {
-        1 => (m / 10, m % 10),
-        2 => (m / 100, m % 100),
-        _ => (m / 1000, m % 1000),
-    };
+fn format_fixed(out: &mut [u8; NUM_MAX], negative: bool, mut int: u64, frac: u32) -> usize {
     let digits = decimal_digits(int);
     let point = usize::from(negative) + digits;
-    let end = point + 1 + decimals as usize;
     out[0] = b'-';
     out[point] = b'.';
-    if decimals >= 2 {
-        let pair = (frac % 100) as usize * 2;
-        frac /= 100;
-        out[end - 2..end].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    }
-    if decimals != 2 {
-        out[point + 1] = b'0' + frac as u8;
-    }
+    let t = frac as usize * 4;
+    out[point + 1..point + 5].copy_from_slice(&DIGIT_TRIPLES[t..t + 4]);
+    let decimals = 1 + usize::from(frac % 100 != 0) + usize::from(frac % 10 != 0);
     let mut at = point;
     while int >= 100 {
         let pair = (int % 100) as usize * 2;
@@ -295,7 +299,7 @@ fn format_fixed(out: &mut [u8; NUM_MAX], negative: bool, m: u64, decimals: u32) 
     } else {
         out[at - 1] = b'0' + int as u8;
     }
-    end
+    point + 1 + decimals
 }
 
 /// The number of decimal digits of `n` (1 for 0).
@@ -361,9 +365,6 @@ impl LineEncoder {
         let line = &mut self.line;
         let mut pos = 0;
         for &(id, v) in &r.values {
-            if !v.is_finite() {
-                continue;
-            }
             let Some(field) = r.schema.fields.get(usize::from(id)) else {
                 continue;
             };
@@ -382,16 +383,20 @@ impl LineEncoder {
             } else if let Some(room) = line.get_mut(pos..pos + prefix.len()) {
                 room.copy_from_slice(prefix);
             }
-            pos += prefix.len();
             // The number is formatted in place. Formatting it on the stack and copying it
             // over was slower: a wide load of bytes just stored one by one stalls.
-            pos += match line
-                .get_mut(pos..pos + NUM_MAX)
+            let at = pos + prefix.len();
+            let n = match line
+                .get_mut(at..at + NUM_MAX)
                 .map(<&mut [u8; NUM_MAX]>::try_from)
             {
                 Some(Ok(room)) => format_f64(v, room),
                 _ => 0,
             };
+            // A value that is not finite writes nothing: its prefix is left past the cursor.
+            if n > 0 {
+                pos = at + n;
+            }
         }
         let fields = line.get(..pos).unwrap_or_default();
         // The first field follows the tags after a space, not a comma.

@@ -529,7 +529,7 @@ fn decimal_fast_path_prints_what_ryu_prints() {
         let mut out = String::new();
         super::push_f64(&mut out, v);
         assert_eq!(out, ryu::Buffer::new().format_finite(v), "{v:e}");
-        fast += usize::from(v.fract() != 0.0 && super::short_decimal(v.abs()).is_some());
+        fast += usize::from(v.fract() != 0.0 && super::thousandths(v.abs()).is_some());
     }
     // The fast path is taken for the decimal register values, not only the fallback.
     assert!(fast > 300_000, "fast path taken {fast} times");
