@@ -363,6 +363,12 @@ impl LineEncoder {
         // cursor are left from earlier lines and never read. No `Vec` length to keep per
         // copy, and the fixed-size copies may run past the text they carry.
         let line = &mut self.line;
+        // Room for every field is made once per line: a field with a padded prefix takes at
+        // most `PADDED_PREFIX + NUM_MAX` bytes, and a longer prefix adds its length first.
+        let mut room = r.values.len() * (PADDED_PREFIX + NUM_MAX);
+        if line.len() < room {
+            line.resize(room, 0);
+        }
         let mut pos = 0;
         for &(id, v) in &r.values {
             let Some(field) = r.schema.fields.get(usize::from(id)) else {
@@ -372,16 +378,18 @@ impl LineEncoder {
             if prefix.is_empty() {
                 continue;
             }
-            let need = pos + prefix.len().max(PADDED_PREFIX) + NUM_MAX;
-            if line.len() < need {
-                line.resize(need.max(line.len() * 2), 0);
-            }
             if prefix.len() <= PADDED_PREFIX {
                 if let Some(room) = line.get_mut(pos..pos + PADDED_PREFIX) {
                     room.copy_from_slice(&field.lp_padded);
                 }
-            } else if let Some(room) = line.get_mut(pos..pos + prefix.len()) {
-                room.copy_from_slice(prefix);
+            } else {
+                room += prefix.len();
+                if line.len() < room {
+                    line.resize(room, 0);
+                }
+                if let Some(room) = line.get_mut(pos..pos + prefix.len()) {
+                    room.copy_from_slice(prefix);
+                }
             }
             // The number is formatted in place. Formatting it on the stack and copying it
             // over was slower: a wide load of bytes just stored one by one stalls.

@@ -196,6 +196,41 @@ fn write_reading_with_prefixes_longer_than_the_padded_copy() {
 }
 
 #[test]
+fn write_reading_with_many_long_prefixes_keeps_every_field() {
+    // Room is made once per line for padded prefixes; each long one must add its own, or
+    // the short fields after a run of long ones would find no room and be lost.
+    let names: Vec<String> = (0..20)
+        .map(|i| format!("{}{i:02}", "long_field_name_".repeat(6)))
+        .chain((0..4).map(|i| format!("s{i}")))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let values: Vec<(FieldId, f64)> = (0..names.len())
+        .map(|i| (i as FieldId, -123_456.789 - i as f64))
+        .collect();
+    let r = reading(device("M1", "meter", "s", "f"), &refs, values.clone(), 9);
+    let mut buf = String::new();
+    let mut encoder = LineEncoder::new();
+    encode(&mut encoder, &mut buf, &r);
+    // A second time, with the scratch line already grown.
+    encode(&mut encoder, &mut buf, &r);
+    let fields: Vec<String> = values
+        .iter()
+        .map(|(i, v)| {
+            format!(
+                "{}={}",
+                names[usize::from(*i)],
+                ryu::Buffer::new().format(*v)
+            )
+        })
+        .collect();
+    let line = format!(
+        "meter,device=M1,feeder=f,kind=meter,site=s {} 9\n",
+        fields.join(",")
+    );
+    assert_eq!(buf, format!("{line}{line}"));
+}
+
+#[test]
 fn write_reading_without_finite_values_writes_nothing() {
     let dev = device("M1", "meter", "s", "f");
     let mut buf = String::from("keep\n");
