@@ -284,7 +284,8 @@ fn format_fixed(out: &mut [u8; NUM_MAX], negative: bool, mut int: u64, frac: u32
     out[point] = b'.';
     let t = frac as usize * 4;
     out[point + 1..point + 5].copy_from_slice(&DIGIT_TRIPLES[t..t + 4]);
-    let decimals = 1 + usize::from(frac % 100 != 0) + usize::from(frac % 10 != 0);
+    let decimals =
+        1 + usize::from(!frac.is_multiple_of(100)) + usize::from(!frac.is_multiple_of(10));
     let mut at = point;
     while int >= 100 {
         let pair = (int % 100) as usize * 2;
