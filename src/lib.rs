@@ -320,7 +320,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
 
     let sources_cancel = CancellationToken::new();
     let sources = TaskTracker::new();
-    let modbus_tasks = sources::modbus::spawn(
+    let modbus = sources::modbus::spawn(
         &loaded,
         &devices,
         &pipeline.sender(),
@@ -329,6 +329,13 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
         &sources_cancel,
         &sources,
     )?;
+    metrics
+        .gauge(
+            "gridwatch_modbus_poll_threads",
+            "Threads of their own running the Modbus connections (daemon.poll_threads, at most one per connection; 0 = on the shared runtime).",
+            &[],
+        )
+        .set(modbus.threads as f64);
     let mqtt_running = sources::mqtt::spawn(
         cfg.mqtt.as_ref(),
         &registry,
@@ -498,7 +505,7 @@ pub async fn run(loaded: LoadedConfig, shutdown: CancellationToken) -> Result<()
             .await
         })
     };
-    tracing::info!(config = %loaded.origin, http = %http_addr, devices = devices.len(), modbus_connections = modbus_tasks, mqtt = mqtt_running, "gridwatch running");
+    tracing::info!(config = %loaded.origin, http = %http_addr, devices = devices.len(), modbus_connections = modbus.connections, modbus_threads = modbus.threads, mqtt = mqtt_running, "gridwatch running");
     record_lifecycle(
         &eventlog,
         eventlog::EventKind::DaemonStarted,

@@ -472,22 +472,36 @@ fn plain_metric(base: &str, name: &str) -> Option<f64> {
         .map(sample_value)
 }
 
-#[test]
-fn one_worker_thread_polls_every_device() {
+/// A daemon with `daemon_lines` added to `[daemon]` and `max_in_flight` connections to the
+/// simulator reports `workers` runtime workers and `poll_threads` polling threads in
+/// `/metrics`, and polls every device at its interval.
+fn polls_every_device_with(
+    daemon_lines: &str,
+    max_in_flight: u32,
+    workers: f64,
+    poll_threads: f64,
+) {
     let sim = Sim::start(1, 3);
-    let tag = unique("one-worker");
+    let tag = unique("threads");
     let data = tempfile::tempdir().unwrap();
-    let config = fleet_config(&sim, &tag, "100ms", "", data.path().to_str().unwrap()).replacen(
-        "[daemon]\n",
-        "[daemon]\nworker_threads = 1\n",
-        1,
-    );
-    assert!(config.contains("worker_threads = 1"), "{config}");
+    let config = fleet_config(&sim, &tag, "100ms", "", data.path().to_str().unwrap())
+        .replacen("[daemon]\n", &format!("[daemon]\n{daemon_lines}\n"), 1)
+        .replacen(
+            "timeout = \"300ms\"\n",
+            &format!("timeout = \"300ms\"\nmax_in_flight = {max_in_flight}\n"),
+            1,
+        );
+    assert!(config.contains(daemon_lines), "{config}");
+    assert!(config.contains("max_in_flight"), "{config}");
     let http = http_base(&config);
     let mut daemon = start_daemon(&config);
     assert_eq!(
         plain_metric(&http, "gridwatch_runtime_worker_threads"),
-        Some(1.0)
+        Some(workers)
+    );
+    assert_eq!(
+        plain_metric(&http, "gridwatch_modbus_poll_threads"),
+        Some(poll_threads)
     );
     for u in sim.h().units() {
         let id = format!("{tag}-{}", u.device_id);
@@ -501,6 +515,25 @@ fn one_worker_thread_polls_every_device() {
     // Three units at 100 ms: about 30 readings a second.
     assert!(after - before >= 15.0, "{before} -> {after}");
     assert!(daemon.terminate().success(), "{}", daemon.log());
+}
+
+#[test]
+fn one_worker_thread_polls_every_device() {
+    // The default: the connection on one polling thread of its own.
+    polls_every_device_with("worker_threads = 1", 1, 1.0, 1.0);
+}
+
+#[test]
+fn connections_on_the_shared_runtime_poll_every_device() {
+    polls_every_device_with("worker_threads = 2\npoll_threads = 0", 1, 2.0, 0.0);
+}
+
+#[test]
+fn connections_dealt_over_two_polling_threads_poll_every_device() {
+    // Three connections (one unit each) over two threads; asking for more threads than
+    // connections starts one per connection.
+    polls_every_device_with("worker_threads = 2\npoll_threads = 2", 3, 2.0, 2.0);
+    polls_every_device_with("worker_threads = 2\npoll_threads = 8", 3, 2.0, 3.0);
 }
 
 #[test]

@@ -97,6 +97,7 @@ fn semantic_checks_catch_duplicates_and_missing_keys() {
         r#"
 [daemon]
 worker_threads = 5000
+poll_threads = 5000
 
 [storage.influx]
 url = "not a url"
@@ -126,6 +127,7 @@ parent = "ghost"
     let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
     for expected in [
         "daemon.worker_threads",
+        "daemon.poll_threads",
         "storage.influx.url",
         "storage.influx.db",
         "modbus.endpoints[0].address",

@@ -59,6 +59,14 @@ pub struct DaemonConfig {
     /// one per CPU core.
     #[serde(default)]
     pub worker_threads: usize,
+    /// Threads of their own for the Modbus connections, each running its share of them;
+    /// 0 runs them on the shared runtime with everything else.
+    #[serde(default = "default_poll_threads")]
+    pub poll_threads: usize,
+}
+
+fn default_poll_threads() -> usize {
+    1
 }
 
 fn default_data_dir() -> PathBuf {
@@ -81,6 +89,7 @@ impl Default for DaemonConfig {
             profile_dirs: Vec::new(),
             channel_capacity: default_channel_capacity(),
             worker_threads: 0,
+            poll_threads: default_poll_threads(),
         }
     }
 }

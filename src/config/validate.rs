@@ -44,6 +44,13 @@ pub(super) fn validate(
         ));
     }
 
+    if config.daemon.poll_threads > MAX_WORKER_THREADS {
+        errors.push(at(
+            "daemon.poll_threads".into(),
+            format!("must be at most {MAX_WORKER_THREADS} (0 = poll on the shared runtime)"),
+        ));
+    }
+
     if config.history.resolution.is_zero() {
         errors.push(at(
             "history.resolution".into(),

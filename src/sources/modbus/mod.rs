@@ -2,6 +2,8 @@
 //!
 //! One [`poller::Connection`] task per endpoint connection (`max_in_flight` of them per
 //! endpoint, devices split between them) keeps each of its devices on its own interval.
+//! The connections run on `daemon.poll_threads` threads of their own, each a single-threaded
+//! runtime with its own timers and sockets, dealt round-robin.
 
 pub mod client;
 pub mod compiled;
@@ -34,9 +36,22 @@ pub enum ModbusError {
         /// What is wrong.
         message: String,
     },
+    /// A polling thread or its runtime could not be started.
+    #[error("cannot start a Modbus polling thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
-/// Starts one task per endpoint connection for every Modbus device in the config.
+/// What [`spawn`] started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    /// Connection tasks.
+    pub connections: usize,
+    /// Threads of their own they run on (0: on the caller's runtime).
+    pub threads: usize,
+}
+
+/// Starts one task per endpoint connection for every Modbus device in the config, on
+/// `daemon.poll_threads` threads of their own (none: on the caller's runtime).
 pub fn spawn(
     loaded: &LoadedConfig,
     devices: &HashMap<String, Arc<DeviceInfo>>,
@@ -45,9 +60,9 @@ pub fn spawn(
     metrics: &Arc<Registry>,
     cancel: &CancellationToken,
     tracker: &TaskTracker,
-) -> Result<usize, ModbusError> {
+) -> Result<Started, ModbusError> {
     let mut compiled: HashMap<(String, u16, u16), Arc<CompiledProfile>> = HashMap::new();
-    let mut tasks = 0;
+    let mut connections = Vec::new();
     let now = crate::model::now_ns();
     for ep in &loaded.config.modbus.endpoints {
         let mut polled = Vec::new();
@@ -107,17 +122,52 @@ pub fn spawn(
             groups[i % lanes].push(d);
         }
         for (lane, group) in groups.into_iter().enumerate() {
-            let conn = poller::Connection::new(
+            connections.push(poller::Connection::new(
                 ep.clone(),
                 lane,
                 group,
                 sender.clone(),
                 Arc::clone(status),
                 metrics,
-            );
-            tracker.spawn(conn.run(cancel.clone()));
-            tasks += 1;
+            ));
         }
     }
-    Ok(tasks)
+    let threads = loaded.config.daemon.poll_threads.min(connections.len());
+    let started = Started {
+        connections: connections.len(),
+        threads,
+    };
+    if threads == 0 {
+        for conn in connections {
+            tracker.spawn(conn.run(cancel.clone()));
+        }
+        return Ok(started);
+    }
+    // Every runtime is built before any task is spawned, so a failure leaves nothing
+    // running. A connection's task then stays on one thread: its socket, timers and state
+    // in one core's cache, no wake-up handed to another thread, no work stealing (about
+    // 10 % less CPU per poll at 10,000 devices than on the shared runtime,
+    // docs/performance.md).
+    let runtimes = (0..threads)
+        .map(|_| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ModbusError::Thread)?;
+    let handles: Vec<_> = runtimes.iter().map(|rt| rt.handle().clone()).collect();
+    for (i, rt) in runtimes.into_iter().enumerate() {
+        let tracker = tracker.clone();
+        // The thread drives its runtime until every source task has ended (the tracker is
+        // closed once all sources are spawned), then drops it.
+        std::thread::Builder::new()
+            .name(format!("gw-modbus-{i}"))
+            .spawn(move || rt.block_on(tracker.wait()))
+            .map_err(ModbusError::Thread)?;
+    }
+    for (i, conn) in connections.into_iter().enumerate() {
+        tracker.spawn_on(conn.run(cancel.clone()), &handles[i % threads]);
+    }
+    Ok(started)
 }
