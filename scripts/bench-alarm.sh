@@ -88,6 +88,11 @@ EOF
     } >"$dir/gridwatch.toml"
 
     # Subscriber first (fresh broker: nothing retained), one line per message: topic payload.
+    # Without it every figure would be an empty "no alerts": say what is missing instead.
+    if ! command -v mosquitto_sub >/dev/null; then
+        log "alarms: mosquitto_sub not found (Debian package mosquitto-clients)"
+        return 1
+    fi
     mosquitto_sub -h 127.0.0.1 -p "$GW_MQTT_PORT" -v -t 'gridwatch/alerts/#' >"$dir/alerts.txt" 2>"$dir/sub.log" &
     sub=$!
     PIDS+=("$sub")

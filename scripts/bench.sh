@@ -2,7 +2,8 @@
 # scripts/bench.sh — gridwatch's load and speed figures, printed as ONE JSON object on stdout
 # (progress goes to stderr). The same steps every time:
 #
-#   1. the Debian packages it runs (victoria-metrics, mosquitto, curl; scripts/packages.sh),
+#   1. the Debian packages it runs (victoria-metrics, mosquitto, mosquitto-clients for the
+#      alarm scenario's subscriber, curl; scripts/packages.sh),
 #      then cargo build --release (gridwatch, gridwatch-sim, bare-poller)
 #   2. VictoriaMetrics on a free loopback port (scripts/services.sh, its own temp dir)
 #   3. for each device count N (default 1000 5000 10000):
@@ -91,7 +92,7 @@ trap cleanup EXIT
 # Rust toolchain.
 # shellcheck source=scripts/packages.sh
 source "$REPO/scripts/packages.sh"
-install_packages victoria-metrics mosquitto curl >&2
+install_packages victoria-metrics mosquitto mosquitto-clients curl >&2
 
 # ------------------------------------------------------------------ build
 if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then
