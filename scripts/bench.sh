@@ -36,6 +36,7 @@
 #   BENCH_GRIDWATCH=PATH  measure another gridwatch binary (before/after comparisons)
 #   BENCH_BIN=DIR  take gridwatch, gridwatch-sim and bare-poller from DIR (a saved build)
 #   BENCH_SKIP_MQTT=1 / BENCH_SKIP_ALARM=1  leave out those scenarios
+#   BENCH_SIM_PREFIX="chrt -b 0"  run the Modbus harness under that command (default: none)
 # Default run: about 14.5 minutes including the build on a 2-core machine (run_seconds in the JSON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,8 @@ SWEEP_VALUES=${BENCH_SWEEP_VALUES:-"10 40 120"}
 SWEEP_DEVICES=${BENCH_SWEEP_DEVICES:-2000}
 SWEEP_DURATION=${BENCH_SWEEP_DURATION:-10}
 INTERVAL=${BENCH_INTERVAL:-1s}
+# A command the Modbus harness runs under, e.g. "chrt -b 0" (docs/performance.md, item 59).
+read -r -a SIM_PREFIX <<<"${BENCH_SIM_PREFIX:-}"
 # The binaries measured (BENCH_BIN=dir: a saved build, e.g. a baseline for before/after).
 BIN=${BENCH_BIN:-$REPO/target/release}
 # The daemon binary measured (BENCH_GRIDWATCH=path compares another build, e.g. a baseline).
@@ -188,7 +191,7 @@ PY
     fi
     mkdir -p "$dir"
     log "modbus ($mode): $n devices = $gateways gateways x $UNITS units, $INTERVAL, ${duration}s"
-    "$BIN/gridwatch-sim" load --gateways "$gateways" --units "$UNITS" --interval "$INTERVAL" \
+    "${SIM_PREFIX[@]}" "$BIN/gridwatch-sim" load --gateways "$gateways" --units "$UNITS" --interval "$INTERVAL" \
         "${profile_args[@]}" \
         --daemon-config "$dir/devices.toml" --addrs-file "$dir/addrs" >"$dir/sim.out" 2>"$dir/sim.log" &
     sim=$!
