@@ -146,7 +146,7 @@ pub fn spawn(
     // Every runtime is built before any task is spawned, so a failure leaves nothing
     // running. A connection's task then stays on one thread: its socket, timers and state
     // in one core's cache, no wake-up handed to another thread, no work stealing (about
-    // 10 % less CPU per poll at 10,000 devices than on the shared runtime,
+    // 7 % less CPU per poll at 10,000 devices than on the shared runtime,
     // docs/performance.md).
     let runtimes = (0..threads)
         .map(|_| {
