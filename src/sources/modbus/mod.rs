@@ -156,18 +156,23 @@ pub fn spawn(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(ModbusError::Thread)?;
-    let handles: Vec<_> = runtimes.iter().map(|rt| rt.handle().clone()).collect();
-    for (i, rt) in runtimes.into_iter().enumerate() {
-        let tracker = tracker.clone();
-        // The thread drives its runtime until every source task has ended (the tracker is
-        // closed once all sources are spawned), then drops it.
+    let mut shares: Vec<Vec<poller::Connection>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, conn) in connections.into_iter().enumerate() {
+        shares[i % threads].push(conn);
+    }
+    for (i, (rt, share)) in runtimes.into_iter().zip(shares).enumerate() {
+        // Each thread waits for its own connections only, so it ends with them even if the
+        // daemon stops before every source was started (the shared tracker is then never
+        // closed); the shared tracker still counts them for the shutdown.
+        let own = TaskTracker::new();
+        for conn in share {
+            rt.spawn(tracker.track_future(own.track_future(conn.run(cancel.clone()))));
+        }
+        own.close();
         std::thread::Builder::new()
             .name(format!("gw-modbus-{i}"))
-            .spawn(move || rt.block_on(tracker.wait()))
+            .spawn(move || rt.block_on(own.wait()))
             .map_err(ModbusError::Thread)?;
-    }
-    for (i, conn) in connections.into_iter().enumerate() {
-        tracker.spawn_on(conn.run(cancel.clone()), &handles[i % threads]);
     }
     Ok(started)
 }
