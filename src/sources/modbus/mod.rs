@@ -117,11 +117,7 @@ pub fn spawn(
         }
         // Devices are dealt round-robin over the endpoint's connections.
         let lanes = ep.max_in_flight.max(1).min(polled.len());
-        let mut groups: Vec<Vec<poller::PolledDevice>> = (0..lanes).map(|_| Vec::new()).collect();
-        for (i, d) in polled.into_iter().enumerate() {
-            groups[i % lanes].push(d);
-        }
-        for (lane, group) in groups.into_iter().enumerate() {
+        for (lane, group) in deal(polled, lanes).into_iter().enumerate() {
             connections.push(poller::Connection::new(
                 ep.clone(),
                 lane,
@@ -143,11 +139,11 @@ pub fn spawn(
         }
         return Ok(started);
     }
-    // Every runtime is built before any task is spawned, so a failure leaves nothing
-    // running. A connection's task then stays on one thread: its socket, timers and state
-    // in one core's cache, no wake-up handed to another thread, no work stealing (about
-    // 7 % less CPU per poll at 10,000 devices than on the shared runtime,
-    // docs/performance.md).
+    // Every runtime is built before any task is spawned, so a runtime that cannot be built
+    // stops the start with nothing running. A connection's task then stays on one thread:
+    // its socket, timers and state in one core's cache, no wake-up handed to another
+    // thread, no work stealing (about 7 % less CPU per poll at 10,000 devices than on the
+    // shared runtime, docs/performance.md).
     let runtimes = (0..threads)
         .map(|_| {
             tokio::runtime::Builder::new_current_thread()
@@ -156,11 +152,11 @@ pub fn spawn(
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(ModbusError::Thread)?;
-    let mut shares: Vec<Vec<poller::Connection>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, conn) in connections.into_iter().enumerate() {
-        shares[i % threads].push(conn);
-    }
-    for (i, (rt, share)) in runtimes.into_iter().zip(shares).enumerate() {
+    for (i, (rt, share)) in runtimes
+        .into_iter()
+        .zip(deal(connections, threads))
+        .enumerate()
+    {
         // Each thread waits for its own connections only, so it ends with them even if the
         // daemon stops before every source was started (the shared tracker is then never
         // closed); the shared tracker still counts them for the shutdown.
@@ -175,4 +171,14 @@ pub fn spawn(
             .map_err(ModbusError::Thread)?;
     }
     Ok(started)
+}
+
+/// `items` dealt round-robin into `n` groups (at least one).
+fn deal<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
+    let n = n.max(1);
+    let mut groups: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        groups[i % n].push(item);
+    }
+    groups
 }
